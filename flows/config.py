@@ -1,0 +1,118 @@
+"""One configuration object per flow.
+
+Each field is at once a CLI flag of ``sift-ttft`` (``--field-name``) and a parameter of the Prefect
+flow, so the two can never drift apart. Validation errors name the field and say what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+METHOD_NAMES = ("base", "sift", "nn", "nn-f", "us", "random")
+
+
+class RunnerConfig(BaseModel):
+    """Where per-prompt tasks and embedding shards run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread", description="Prefect task runner: 'thread' (in-process) or 'dask' (prefect-dask DaskTaskRunner)."
+    )
+    dask_address: Optional[str] = Field(
+        None, description="Address of an existing Dask scheduler (tcp://host:8786); default: a new LocalCluster."
+    )
+    dask_workers: int = Field(2, ge=1, description="Workers of the LocalCluster when no --dask-address is given.")
+
+
+class IndexConfig(RunnerConfig):
+    """Build a Faiss index over a corpus (``sift-ttft index`` / the ``build_index`` flow)."""
+
+    corpus: list[str] = Field(
+        default_factory=list,
+        description="Corpus paths (JSONL/parquet with 'text', or folders of .txt/.md/.py); empty: the embedded default.",
+    )
+    out: Optional[Path] = Field(None, description="Index folder; default: <state>/indices/<corpus fingerprint>.")
+    embedder: Optional[str] = Field(None, description="HF encoder name or path; default: all-MiniLM-L6-v2 (bundled).")
+    model: Optional[str] = Field(
+        None, description="Causal LM whose tokenizer cuts documents into sequences; default: bundled SmolLM2-135M."
+    )
+    max_tokens: int = Field(256, ge=8, description="Tokens per training sequence (paper: 1024; CPU default 256).")
+    index_type: str = Field("auto", description="flat | ivf | hnsw | auto | any faiss factory string.")
+    shard_size: int = Field(1024, ge=1, description="Sequences per embedding shard (one cached task each).")
+    batch_size: int = Field(32, ge=1, description="Embedding batch size.")
+
+
+class EvaluateConfig(RunnerConfig):
+    """Test-time fine-tune per prompt and measure bits per byte (``sift-ttft evaluate``)."""
+
+    index: Optional[Path] = Field(None, description="Index folder from `sift-ttft index`; default: the demo index.")
+    prompts: Optional[Path] = Field(None, description="Prompts JSONL (id, text, domain, doc_id); default: held-out demo prompts.")
+    method: list[str] = Field(
+        default_factory=lambda: ["base", "nn", "sift"],
+        description="Selection methods to compare: base, sift, nn, nn-f, us, random (repeatable).",
+    )
+    n: int = Field(16, ge=1, description="Sequences to select per prompt (one gradient step each).")
+    k: int = Field(200, ge=1, description="Candidates pre-selected from the index per prompt.")
+    lam: float = Field(0.1, gt=0, description="SIFT's λ′: large → nearest neighbours, small → more diversity.")
+    alpha: Optional[float] = Field(None, gt=0, description="Adaptive stopping α: stop when σ_n > 1/(α·n); none: never stop.")
+    model: Optional[str] = Field(None, description="Causal LM name or path; default: bundled SmolLM2-135M.")
+    lr: float = Field(5e-5, gt=0, description="Adam learning rate.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    max_tokens: int = Field(256, ge=8, description="Tokens per training sequence and per evaluated prompt.")
+    split: Optional[float] = Field(
+        None, gt=0, lt=1, description="Use this leading fraction of the prompt's tokens as query, evaluate on the rest."
+    )
+    limit: Optional[int] = Field(None, ge=1, description="Evaluate only the first LIMIT prompts.")
+    seed: int = Field(0, description="Seed for 'random' selection and any sampling.")
+    lora_rank: Optional[int] = Field(None, ge=1, description="Fine-tune LoRA adapters of this rank instead of all weights.")
+    eval_every: Optional[int] = Field(None, ge=1, description="Also evaluate bits per byte every k steps (curves).")
+    params: Optional[Path] = Field(None, description="JSON with 'lam'/'alpha' (e.g. tuning's best.json) overriding those flags.")
+    out: Optional[Path] = Field(None, description="Write one JSON line per (prompt, method) here.")
+    tracking: bool = Field(True, description="Log to MLflow (MLFLOW_TRACKING_URI or the state folder's sqlite store).")
+    experiment: str = Field("sift-ttft", description="MLflow experiment name.")
+
+    @field_validator("method")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in METHOD_NAMES]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHOD_NAMES)}")
+        if not value:
+            raise ValueError("give at least one --method")
+        return list(dict.fromkeys(value))  # keep order, drop repeats
+
+
+class DemoConfig(EvaluateConfig):
+    """The README's main job: default corpus → index → base/NN/SIFT on a few held-out prompts."""
+
+    n: int = Field(8, ge=1, description="Sequences to select per prompt.")
+    limit: Optional[int] = Field(6, ge=1, description="Held-out prompts to evaluate (spread across domains).")
+
+
+class TuneConfig(EvaluateConfig):
+    """Optuna study over λ′ and α (``sift-ttft tune``)."""
+
+    method: list[str] = Field(default_factory=lambda: ["sift"], description="Tuning always evaluates SIFT.")
+    trials: int = Field(20, ge=1, description="Trials to run (in this process; several processes may share a study).")
+    study: str = Field("sift-ttft", description="Optuna study name; an existing study resumes.")
+    storage: Optional[str] = Field(None, description="Optuna RDB URL; default: sqlite in the state folder.")
+    objective: Literal["bpb", "bpb+compute"] = Field("bpb", description="Minimise bits per byte, or bpb + W × mean steps.")
+    compute_weight: float = Field(0.001, ge=0, description="W in bpb + W × mean steps.")
+    jobs: int = Field(1, ge=1, description="Trials run in parallel threads of this process.")
+    lam_min: float = Field(1e-3, gt=0, description="Lower end of λ′'s log-uniform range.")
+    lam_max: float = Field(10.0, gt=0, description="Upper end of λ′'s log-uniform range.")
+    alpha_min: float = Field(0.1, gt=0, description="Lower end of α's log-uniform range.")
+    alpha_max: float = Field(100.0, gt=0, description="Upper end of α's log-uniform range.")
+    tune_fraction: float = Field(0.5, gt=0, lt=1, description="Fraction of prompts used for tuning; the rest is held out.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "TuneConfig":
+        if self.lam_min >= self.lam_max:
+            raise ValueError(f"empty λ′ range: lam_min={self.lam_min} must be < lam_max={self.lam_max}")
+        if self.alpha_min >= self.alpha_max:
+            raise ValueError(f"empty α range: alpha_min={self.alpha_min} must be < alpha_max={self.alpha_max}")
+        return self
