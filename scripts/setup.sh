@@ -19,8 +19,12 @@ fi
 
 echo "[setup] preparing $VENV (one-time; a few minutes)" >&2
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
-# The CPU build of torch lies in /opt/wheels on this kind of machine; elsewhere PyTorch's CPU index.
+PIP=(pip_install)
+# pip's own chatter about this machine's empty local indexes is noise: keep the rest of stderr.
+pip_install() {
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
+# The CPU build of torch lies in /opt/wheels on this kind of machine.
 EXTRA=()
 [[ -d /opt/wheels ]] && EXTRA+=(--find-links /opt/wheels)
 CONSTRAINTS=$(mktemp)
@@ -28,8 +32,11 @@ echo "torch==2.13.0" >"$CONSTRAINTS"
 
 if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
     echo "[setup] installing torch 2.13.0 (CPU build)" >&2
-    "${PIP[@]}" "${EXTRA[@]}" "torch==2.13.0" \
-        || "${PIP[@]}" "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+    "${PIP[@]}" "${EXTRA[@]}" "torch==2.13.0" || {
+        echo "[setup] could not install torch==2.13.0. Install its CPU build into .venv first" \
+             "(e.g. from PyTorch's CPU wheel index), then rerun." >&2
+        exit 1
+    }
 fi
 echo "[setup] installing sift-ttft and its dependencies" >&2
 "${PIP[@]}" "${EXTRA[@]}" -c "$CONSTRAINTS" -e ".[dev,bench]"
