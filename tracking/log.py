@@ -1,0 +1,478 @@
+"""MLflow run layout of a flow run: one parent run per flow run, one child run per (prompt, method).
+
+Parent run: params = the whole config + fingerprints/model ids the flow passes + package versions +
+git commit; metrics = means and bootstrap intervals per method and per domain; artifacts = summary
+CSV/JSON, the raw result rows, and PNG plots. Child run (one per ``PromptResult.to_json()`` row):
+``uncertainty`` (σ_n at step n), ``bpb`` (step 0, intermediate evaluations, after the last step),
+``bpb_gain``, ``steps``, ``stopped_early``, ``tokens``, ``flops``, ``seconds_<phase>``; artifact: the
+prompt's selection table.
+
+Usage (flows)::
+
+    with tracking_run(cfg, experiment=cfg.experiment, run_name="evaluate", enabled=cfg.tracking,
+                      params={"index_fingerprint": idx.fingerprint}) as tracker:
+        for row in rows: tracker.log_result(row)
+        tracker.log_summary(rows)
+
+A crash inside the ``with`` marks the parent and any open child run FAILED (KILLED on Ctrl-C), never
+RUNNING. ``enabled=False`` yields a ``NullLogger`` with the same methods that records nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from tracking._summary import summarize, total, total_seconds
+from tracking.plots import (
+    final_uncertainty,
+    plot_bpb_by_method_domain,
+    plot_curves,
+    plot_landscape,
+    plot_uncertainty_vs_bpb,
+)
+from tracking.store import check_reachable, default_tracking_uri, get_or_create_experiment
+
+# Versions recorded on every parent run: what decides the numbers.
+PACKAGES = ("sift-ttft", "torch", "transformers", "datasets", "faiss-cpu", "numpy", "peft", "prefect", "mlflow",
+            "optuna")
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def metric_key(*parts: Any) -> str:
+    """Join parts with "/" after replacing every character MLflow refuses in a key
+    (allowed: ``[A-Za-z0-9_-. :/]``) by "_"; "/" inside a part becomes "_" too so parts stay parts."""
+    return "/".join(re.sub(r"[^A-Za-z0-9_\-. :]", "_", str(p)) for p in parts)
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        text = json.dumps(value, default=str)
+    else:
+        text = str(value)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 15] + "...(truncated)"
+
+
+def _flatten(config: Any, prefix: str = "") -> dict[str, str]:
+    """A pydantic model or mapping → {"key" or "outer.inner": str}; lists become JSON strings."""
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config must be a pydantic model or a mapping, got {type(config).__name__}")
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[metric_key(name)] = _param_value(value)
+    return flat
+
+
+def package_versions() -> dict[str, str]:
+    """``version.<package>`` → installed version ("missing" when not installed) plus ``version.python``."""
+    out = {"version.python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[f"version.{name}"] = "missing"
+    return out
+
+
+def git_commit() -> tuple[str, bool] | None:
+    """(commit, dirty) of the checkout this package runs from, or None outside git (e.g. a wheel)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5)
+        return head.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def result_metrics(row: Mapping[str, Any]) -> list[tuple[str, float, int]]:
+    """The child-run metrics of one result row as (key, value, step).
+
+    ``uncertainty`` at step n = σ_n for n = 0..len(picks); ``bpb`` at step 0 (before), at every step of
+    ``bpb_curve`` and at step ``steps`` (after); scalars at step 0: bpb_before, bpb_after,
+    bpb_gain = before − after, steps, picks, repeats, unique_docs, stopped_early (0/1), uncertainty_final
+    (σ_N after the trained picks), tokens/flops (or tokens_<part> for dicts), tokens_train/tokens_eval,
+    candidate_count, eval_bytes, max_score, low_similarity when present, seconds_<phase>, and
+    seconds_total (the row's ``seconds["total"]``, else the sum of the phases).
+    """
+    out: list[tuple[str, float, int]] = []
+    for n, sigma in enumerate(row.get("uncertainties") or []):
+        out.append(("uncertainty", float(sigma), n))
+    before, after, steps = float(row["bpb_before"]), float(row["bpb_after"]), int(row.get("steps") or 0)
+    curve = {int(s): float(v) for s, v in (row.get("bpb_curve") or [])}
+    curve[0], curve[steps] = before, after  # the measured endpoints win over a curve's copies
+    out += [("bpb", v, s) for s, v in sorted(curve.items())]
+    picks = list(row.get("picked_seq_ids") or row.get("picked_ids") or [])
+    scalars: dict[str, float] = {
+        "bpb_before": before, "bpb_after": after, "bpb_gain": before - after, "steps": float(steps),
+        "picks": float(len(picks)), "repeats": float(sum(bool(x) for x in row.get("repeated") or [])),
+        "unique_docs": float(len(set(row.get("picked_ids") or []))),
+        "stopped_early": float(bool(row.get("stopped_early"))),
+    }
+    sigma_final = final_uncertainty(dict(row))
+    if sigma_final is not None:
+        scalars["uncertainty_final"] = sigma_final
+    for name in ("tokens", "flops"):
+        value = row.get(name)
+        if isinstance(value, Mapping):
+            scalars.update({metric_key(f"{name}_{k}"): float(v) for k, v in value.items() if v is not None})
+            scalars[name] = total(value)
+        elif value is not None:
+            scalars[name] = float(value)
+    # Extra numbers PromptResult carries (tokens split, candidates, evaluated bytes, similarity flag).
+    for name in ("tokens_train", "tokens_eval", "candidate_count", "eval_bytes", "max_score", "low_similarity"):
+        value = row.get(name)
+        if isinstance(value, (bool, int, float)):
+            scalars[name] = float(value)
+    seconds = row.get("seconds") or {}
+    if isinstance(seconds, Mapping):
+        scalars.update({metric_key(f"seconds_{k}"): float(v) for k, v in seconds.items() if v is not None})
+    scalars["seconds_total"] = total_seconds(seconds) if seconds else float("nan")
+    out += [(k, v, 0) for k, v in scalars.items() if math.isfinite(v)]
+    return out
+
+
+def selection_table(row: Mapping[str, Any]) -> dict[str, list]:
+    """The prompt's picks, one row per pick in order: rank (1-based), seq_id, corpus_id (document id),
+    domain, score (retrieval similarity), repeated (picked before), uncertainty_after (σ after this pick),
+    trained (rank ≤ steps: adaptive stopping may leave the tail untrained)."""
+    seq_ids = list(row.get("picked_seq_ids") or [])
+    doc_ids = list(row.get("picked_ids") or [])
+    count = max(len(seq_ids), len(doc_ids))
+    sigmas = list(row.get("uncertainties") or [])
+    steps = int(row.get("steps") or 0)
+
+    def column(name: str) -> list:
+        values = list(row.get(name) or [])
+        return values + [None] * (count - len(values))
+
+    return {
+        "rank": list(range(1, count + 1)),
+        "seq_id": (seq_ids + [None] * count)[:count],
+        "corpus_id": (doc_ids + [None] * count)[:count],
+        "domain": column("picked_domains")[:count],
+        "score": column("picked_scores")[:count],
+        "repeated": [bool(x) if x is not None else None for x in column("repeated")[:count]],
+        "uncertainty_after": [sigmas[i + 1] if i + 1 < len(sigmas) else None for i in range(count)],
+        "trained": [i < steps for i in range(count)],
+    }
+
+
+def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Parent-run metrics from ``summarize``: ``<method>/<stat>`` over all prompts,
+    ``<method>/<domain>/<stat>`` per domain, ``paired/<a>_vs_<b>/bpb_after_diff`` (+ ``_lo``/``_hi``).
+    Non-finite values (e.g. ρ of < 3 points) are left out."""
+    stats = ("count", "bpb_before", "bpb_before_lo", "bpb_before_hi", "bpb_after", "bpb_after_lo", "bpb_after_hi",
+             "bpb_gain", "bpb_gain_lo", "bpb_gain_hi", "steps", "tokens", "flops", "seconds_total",
+             "uncertainty_final", "stopped_early", "spearman_sigma_bpb_after", "spearman_sigma_gain")
+    out: dict[str, float] = {}
+    for g in summary["groups"]:
+        prefix = (g["method"],) if g["domain"] == "all" else (g["method"], g["domain"])
+        for stat in stats:
+            value = g.get(stat)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out[metric_key(*prefix, stat)] = float(value)
+    for p in summary.get("paired", []):
+        pair = f"{p['method_a']}_vs_{p['method_b']}"
+        for stat, key in (("mean_diff", "bpb_after_diff"), ("lo", "bpb_after_diff_lo"), ("hi", "bpb_after_diff_hi")):
+            if math.isfinite(p[stat]):
+                out[metric_key("paired", pair, key)] = float(p[stat])
+    return out
+
+
+def summary_csv(summary: Mapping[str, Any]) -> str:
+    """The ``groups`` table of a summary as CSV text (one line per method × domain)."""
+    import csv
+
+    groups = summary["groups"]
+    fields = list(dict.fromkeys(k for g in groups for k in g))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(groups)
+    return buf.getvalue()
+
+
+class NullLogger:
+    """The ``--no-tracking`` logger: the same methods as ``MlflowLogger``, recording nothing.
+
+    ``log_summary`` still computes and returns the summary so callers can print it.
+    """
+
+    enabled = False
+    run_id: str | None = None
+    experiment_id: str | None = None
+    tracking_uri: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record nothing."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Record nothing."""
+
+    def log_result(self, row: Mapping[str, Any]) -> str | None:
+        """Record nothing; return None (no child run id)."""
+        return None
+
+    def log_child_run(self, run_name: str, params: Mapping[str, Any] | None = None,
+                      metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None) -> None:
+        """Record nothing."""
+        return None
+
+    def log_summary(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Return ``summarize(rows)`` without recording it."""
+        return summarize(rows)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Close the figure; record nothing."""
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+    def log_landscape(self, params: Sequence[Mapping[str, Any]], values: Sequence[float],
+                      objective: str = "objective (lower is better)") -> None:
+        """Record nothing."""
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Record nothing."""
+
+
+class MlflowLogger:
+    """Writes one flow run into MLflow through ``MlflowClient`` (explicit run ids, no fluent global
+    state, so Prefect's worker threads can log concurrently; a lock serialises sqlite writes)."""
+
+    enabled = True
+
+    def __init__(self, client: Any, experiment_id: str, run_id: str, tracking_uri: str):
+        self.client, self.experiment_id, self.run_id, self.tracking_uri = client, experiment_id, run_id, tracking_uri
+        self._lock = threading.RLock()
+        self._params: dict[str, str] = {}
+        self._open_children: set[str] = set()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"MLflow run {self.run_id} has ended: log inside the `with tracking_run(...)` block")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Add params to the parent run. Re-logging a key with the same value is a no-op; with a different
+        value it is a ``ValueError`` (MLflow params are immutable)."""
+        from mlflow.entities import Param
+
+        flat = {metric_key(k): _param_value(v) for k, v in params.items()}
+        with self._lock:
+            self._check_open()
+            for key, value in flat.items():
+                if key in self._params and self._params[key] != value:
+                    raise ValueError(f"param {key!r} is already {self._params[key]!r}; cannot change it to {value!r}")
+            new = {k: v for k, v in flat.items() if k not in self._params}
+            if new:
+                self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in new.items()])
+                self._params.update(new)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log metrics on the parent run (keys sanitised with ``metric_key``; non-finite values skipped)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()
+                 if v is not None and math.isfinite(float(v))]
+        with self._lock:
+            self._check_open()
+            if batch:
+                self.client.log_batch(self.run_id, metrics=batch)
+
+    @contextlib.contextmanager
+    def _child(self, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
+        """A child run that ends FINISHED, or FAILED if logging into it raises."""
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        with self._lock:
+            self._check_open()
+            run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                         tags={MLFLOW_PARENT_RUN_ID: self.run_id, **tags})
+            child_id = run.info.run_id
+            self._open_children.add(child_id)
+            try:
+                yield child_id
+            except BaseException:
+                self.client.set_terminated(child_id, "FAILED")
+                self._open_children.discard(child_id)
+                raise
+            self.client.set_terminated(child_id, "FINISHED")
+            self._open_children.discard(child_id)
+
+    def log_result(self, row: Mapping[str, Any]) -> str:
+        """One child run for one (prompt, method) result row; returns its run id.
+
+        Params/tags: prompt_id, method, domain (tag ``skipped_reason`` when set). Metrics: ``result_metrics(row)``. Artifact:
+        ``selection.json`` (``selection_table(row)`` via ``log_table``) when the method picked anything.
+        """
+        from mlflow.entities import Metric, Param
+
+        for key in ("prompt_id", "method", "domain", "bpb_before", "bpb_after"):
+            if key not in row:
+                raise ValueError(f"result row has no {key!r}: pass PromptResult.to_json() dicts")
+        ident = {"prompt_id": str(row["prompt_id"]), "method": str(row["method"]), "domain": str(row["domain"])}
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, s) for k, v, s in result_metrics(row)]
+        tags = dict(ident)
+        if row.get("skipped_reason"):
+            tags["skipped_reason"] = str(row["skipped_reason"])[:5000]
+        with self._child(f"{ident['prompt_id']}/{ident['method']}", tags) as child_id:
+            self.client.log_batch(child_id, metrics=metrics, params=[Param(k, v) for k, v in ident.items()])
+            table = selection_table(row)
+            if table["rank"]:
+                self.client.log_table(child_id, table, "selection.json")
+        return child_id
+
+    def log_child_run(self, run_name: str, params: Mapping[str, Any] | None = None,
+                      metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None) -> str:
+        """A generic finished child run (e.g. one Optuna trial); returns its run id."""
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        with self._child(run_name, {k: str(v) for k, v in (tags or {}).items()}) as child_id:
+            self.client.log_batch(
+                child_id,
+                metrics=[Metric(metric_key(k), float(v), now, 0) for k, v in (metrics or {}).items()
+                         if v is not None and math.isfinite(float(v))],
+                params=[Param(metric_key(k), _param_value(v)) for k, v in (params or {}).items()],
+            )
+        return child_id
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Save a matplotlib figure as a PNG artifact of the parent run, then close it."""
+        import matplotlib.pyplot as plt
+
+        try:
+            with self._lock:
+                self._check_open()
+                self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 110})
+        finally:
+            plt.close(figure)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a local file or folder into the parent run's artifacts."""
+        with self._lock:
+            self._check_open()
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_summary(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Aggregate the rows and record the summary on the parent run; return the summary.
+
+        Metrics: ``summary_metrics``. Artifacts: ``summary.csv``, ``summary.json``, ``results.jsonl`` (the
+        rows), ``plots/bpb_by_method_domain.png``, ``plots/bpb_gain_by_method_domain.png``,
+        ``plots/uncertainty_vs_bpb_after.png``, ``plots/uncertainty_vs_bpb_gain.png``, ``plots/curves.png``.
+        """
+        summary = summarize(rows)
+        self.log_metrics(summary_metrics(summary))
+        with self._lock:
+            self._check_open()
+            self.client.log_text(self.run_id, summary_csv(summary), "summary.csv")
+            self.client.log_text(self.run_id, json.dumps(summary, indent=1, default=str), "summary.json")
+            self.client.log_text(self.run_id, "".join(json.dumps(dict(r), default=str) + "\n" for r in rows),
+                                 "results.jsonl")
+        self.log_figure(plot_bpb_by_method_domain(summary, "bpb_after"), "plots/bpb_by_method_domain.png")
+        self.log_figure(plot_bpb_by_method_domain(summary, "bpb_gain"), "plots/bpb_gain_by_method_domain.png")
+        self.log_figure(plot_uncertainty_vs_bpb(rows, "bpb_after"), "plots/uncertainty_vs_bpb_after.png")
+        self.log_figure(plot_uncertainty_vs_bpb(rows, "bpb_gain"), "plots/uncertainty_vs_bpb_gain.png")
+        self.log_figure(plot_curves(rows), "plots/curves.png")
+        return summary
+
+    def log_landscape(self, params: Sequence[Mapping[str, Any]], values: Sequence[float],
+                      objective: str = "objective (lower is better)") -> None:
+        """Record the tuning landscape (``plot_landscape``) as ``plots/landscape.png`` and the trials
+        as ``trials.json`` (a table: one row per trial, its params and value)."""
+        self.log_figure(plot_landscape([dict(p) for p in params], list(values), objective=objective),
+                        "plots/landscape.png")
+        keys = list(dict.fromkeys(k for p in params for k in p))
+        table = {k: [p.get(k) for p in params] for k in keys}
+        table["value"] = [None if v is None else float(v) for v in values]
+        with self._lock:
+            self._check_open()
+            self.client.log_table(self.run_id, table, "trials.json")
+
+    def _finish(self, status: str, error: str | None = None) -> None:
+        from mlflow.entities import RunTag
+
+        with self._lock:
+            for child_id in list(self._open_children):
+                self.client.set_terminated(child_id, "FAILED")
+            self._open_children.clear()
+            if error:
+                self.client.log_batch(self.run_id, tags=[RunTag("error", error[:5000])])
+            self.client.set_terminated(self.run_id, status)
+            self._closed = True
+
+
+def run_params(config: Any = None, params: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The parent run's params: the flattened config, the caller's extras (fingerprints, model and
+    embedder ids), package versions and ``git_commit``/``git_dirty`` when running from a checkout."""
+    out = _flatten(config) if config is not None else {}
+    out.update({metric_key(k): _param_value(v) for k, v in (params or {}).items()})
+    out.update(package_versions())
+    commit = git_commit()
+    if commit is not None:
+        out["git_commit"], out["git_dirty"] = commit[0], str(commit[1])
+    return out
+
+
+@contextlib.contextmanager
+def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name: str | None = None,
+                 enabled: bool = True, tracking_uri: str | None = None, params: Mapping[str, Any] | None = None,
+                 tags: Mapping[str, str] | None = None,
+                 reachability_timeout: float = 5.0) -> Iterator[MlflowLogger | NullLogger]:
+    """One parent MLflow run around a flow run; yields its logger (``NullLogger`` when ``enabled`` is false).
+
+    Before anything is created the tracking URI is checked (``check_reachable``), so an unreachable
+    server fails in seconds with ``TrackingUnreachable``. On leaving the block the run ends FINISHED;
+    an exception marks it (and open child runs) FAILED with an ``error`` tag, Ctrl-C marks it KILLED,
+    and the exception propagates.
+    """
+    if not enabled:
+        yield NullLogger()
+        return
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME
+
+    uri = check_reachable(tracking_uri or default_tracking_uri(), timeout=reachability_timeout)
+    experiment_id = get_or_create_experiment(experiment, uri)
+    client = MlflowClient(tracking_uri=uri)
+    all_params = run_params(config, params)
+    run_tags = {MLFLOW_SOURCE_NAME: "sift-ttft", **{k: str(v) for k, v in (tags or {}).items()}}
+    if "git_commit" in all_params:
+        run_tags[MLFLOW_GIT_COMMIT] = all_params["git_commit"]
+    run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+    logger = MlflowLogger(client, experiment_id, run.info.run_id, uri)
+    try:
+        logger.log_params(all_params)
+        yield logger
+    except KeyboardInterrupt:
+        logger._finish("KILLED", "KeyboardInterrupt")
+        raise
+    except BaseException as err:
+        logger._finish("FAILED", f"{type(err).__name__}: {err}")
+        raise
+    else:
+        logger._finish("FINISHED")

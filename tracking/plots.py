@@ -1,0 +1,229 @@
+"""Matplotlib figures of an evaluation or a tuning study (no MLflow here: callers log or save them).
+
+Every function takes plain dicts — result rows as written by ``PromptResult.to_json()`` and the
+summary of ``tracking.log.summarize`` — and returns a ``matplotlib.figure.Figure`` drawn with the
+non-interactive Agg backend (no display needed). Callers close figures with ``plt.close(fig)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: flows run on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+# One fixed colour per method, so every plot of a run tells methods apart the same way.
+METHOD_COLORS = {
+    "base": "#7f7f7f", "sift": "#d62728", "nn": "#1f77b4", "nn-f": "#17becf", "us": "#9467bd", "random": "#bcbd22",
+}
+
+
+def method_color(method: str, fallback_index: int = 0) -> str:
+    """The method's colour (matplotlib's tab10 cycle for unknown methods)."""
+    return METHOD_COLORS.get(method, f"C{fallback_index % 10}")
+
+
+def final_uncertainty(row: dict[str, Any]) -> float | None:
+    """σ_N of a result row: the uncertainty after the ``steps`` picks actually trained on.
+
+    ``uncertainties[n]`` is σ_n, the posterior standard deviation of the prompt after n picks, so with
+    adaptive stopping σ_N = uncertainties[steps]; None when the row has no uncertainties.
+    """
+    sigmas = row.get("uncertainties") or []
+    if not sigmas:
+        return None
+    steps = int(row.get("steps") or 0)
+    return float(sigmas[min(max(steps, 0), len(sigmas) - 1)])
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation ρ (ties get average ranks); NaN for < 3 points or a constant side."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def _methods_in_order(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(str(r["method"]) for r in rows))
+
+
+def plot_bpb_by_method_domain(summary: dict[str, Any], metric: str = "bpb_after") -> Figure:
+    """Grouped bars: mean ``metric`` per domain (and over all prompts), one bar per method, with the
+    bootstrap 95 % interval of the mean as error bars (from ``summary["groups"]``)."""
+    groups = summary.get("groups") or []
+    if not groups:
+        raise ValueError("summary has no groups: summarize at least one result row first")
+    methods = list(summary.get("methods") or dict.fromkeys(g["method"] for g in groups))
+    domains = list(summary.get("domains") or []) + ["all"]
+    lookup = {(g["method"], g["domain"]): g for g in groups}
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(min(14.0, 3.0 + 0.42 * len(domains) * max(1, len(methods))), 4.2))
+    x = np.arange(len(domains))
+    for i, method in enumerate(methods):
+        means, lows, highs = [], [], []
+        for domain in domains:
+            g = lookup.get((method, domain), {})
+            mean = g.get(metric, float("nan"))
+            means.append(mean)
+            lows.append(mean - g.get(f"{metric}_lo", mean))
+            highs.append(g.get(f"{metric}_hi", mean) - mean)
+        offsets = x - 0.4 + width * (i + 0.5)
+        ax.bar(offsets, means, width, label=method, color=method_color(method, i), alpha=0.85)
+        ax.errorbar(offsets, means, yerr=[lows, highs], fmt="none", ecolor="black", capsize=3, lw=1)
+    counts = [max((g.get("count", 0) for g in groups if g["domain"] == d), default=0) for d in domains]
+    ax.set_xticks(x, [f"{d}\n(n={c})" for d, c in zip(domains, counts)])
+    ax.axhline(0, color="black", lw=0.6)
+    label, better = {"bpb_after": ("bits per byte after fine-tuning", "lower is better"),
+                     "bpb_before": ("bits per byte before fine-tuning", "lower is better"),
+                     "bpb_gain": ("gain: bits per byte before − after", "higher is better")}.get(metric, (metric, ""))
+    ax.set_ylabel(f"{label}\n({better})" if better else label)
+    ax.set_title(f"{label} by method and domain\n(mean over prompts, 95 % bootstrap interval)", fontsize=11)
+    ax.legend(title="method", fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_uncertainty_vs_bpb(rows: Sequence[dict[str, Any]], y: str = "bpb_after") -> Figure:
+    """Scatter σ_N (uncertainty after the trained picks) against ``y`` ("bpb_after" or "bpb_gain") per
+    (prompt, method), with Spearman's ρ over all points and per method in the title/legend.
+
+    Rows without uncertainties (the ``base`` method) are left out. On a multi-domain corpus raw bits
+    per byte is dominated by the domain, so the gain (before − after) is the fairer target.
+    """
+    if y not in ("bpb_after", "bpb_gain"):
+        raise ValueError(f"y must be 'bpb_after' or 'bpb_gain', got {y!r}")
+    points = []
+    for r in rows:
+        sigma = final_uncertainty(r)
+        if sigma is None or r.get("method") == "base":
+            continue
+        value = r["bpb_after"] if y == "bpb_after" else r["bpb_before"] - r["bpb_after"]
+        points.append((str(r["method"]), sigma, float(value)))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    if not points:
+        ax.text(0.5, 0.5, "no rows with uncertainties", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    for i, method in enumerate(dict.fromkeys(p[0] for p in points)):
+        xs = [p[1] for p in points if p[0] == method]
+        ys = [p[2] for p in points if p[0] == method]
+        rho = spearman(xs, ys)
+        ax.scatter(xs, ys, s=28, alpha=0.8, color=method_color(method, i),
+                   label=f"{method} (n={len(xs)}, ρ={rho:+.2f})" if math.isfinite(rho) else f"{method} (n={len(xs)})")
+    rho_all = spearman([p[1] for p in points], [p[2] for p in points])
+    target = "bits per byte after" if y == "bpb_after" else "gain (bits per byte before − after)"
+    rho_text = f"Spearman ρ = {rho_all:+.2f}" if math.isfinite(rho_all) else "Spearman ρ undefined (< 3 points)"
+    ax.set_title(f"σ_N against {target}\n{rho_text} over {len(points)} (prompt, method) pairs", fontsize=11)
+    ax.set_xlabel("σ_N: uncertainty after the trained picks")
+    ax.set_ylabel(target)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="method", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _bpb_points(row: dict[str, Any]) -> list[tuple[int, float]]:
+    """(step, bpb) of a row: step 0 = before, intermediate evaluations, step ``steps`` = after."""
+    points = {int(s): float(v) for s, v in (row.get("bpb_curve") or [])}
+    points[0] = float(row["bpb_before"])
+    points[int(row.get("steps") or 0)] = float(row["bpb_after"])
+    return sorted(points.items())
+
+
+def plot_curves(rows: Sequence[dict[str, Any]]) -> Figure:
+    """Two panels against the step (= picks trained on): left, the change of bits per byte from step 0
+    (so that prompts of different domains share one scale); right, the uncertainty σ_n. Thin lines are
+    single prompts, thick lines the mean per method over prompts that reached that step."""
+    if not rows:
+        raise ValueError("rows is empty: nothing to plot")
+    fig, (ax_bpb, ax_sigma) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for i, method in enumerate(_methods_in_order(rows)):
+        color = method_color(method, i)
+        mine = [r for r in rows if r["method"] == method]
+        by_step: dict[int, list[float]] = {}
+        for r in mine:
+            pts = _bpb_points(r)
+            base = pts[0][1]
+            steps, deltas = [s for s, _ in pts], [v - base for _, v in pts]
+            ax_bpb.plot(steps, deltas, color=color, alpha=0.25, lw=0.8, marker="." if len(pts) <= 3 else None)
+            for s, d in zip(steps, deltas):
+                by_step.setdefault(s, []).append(d)
+        xs = sorted(by_step)
+        ax_bpb.plot(xs, [np.mean(by_step[s]) for s in xs], color=color, lw=2.4, marker="o", ms=4,
+                    label=f"{method} (mean of {len(mine)})")
+        sigma_rows = [r["uncertainties"] for r in mine if r.get("uncertainties") and method != "base"]
+        if sigma_rows:
+            for sig in sigma_rows:
+                ax_sigma.plot(range(len(sig)), sig, color=color, alpha=0.25, lw=0.8)
+            longest = max(len(s) for s in sigma_rows)
+            mean = [np.mean([s[n] for s in sigma_rows if len(s) > n]) for n in range(longest)]
+            ax_sigma.plot(range(longest), mean, color=color, lw=2.4, label=f"{method} (mean)")
+    ax_bpb.axhline(0, color="black", lw=0.6)
+    ax_bpb.set_xlabel("step (gradient steps = picks trained on)")
+    ax_bpb.set_ylabel("bits per byte − bits per byte at step 0")
+    ax_bpb.set_title("bits per byte against steps (lower is better)", fontsize=11)
+    ax_sigma.set_xlabel("n (picks)")
+    ax_sigma.set_ylabel("σ_n: uncertainty about the prompt")
+    ax_sigma.set_title("uncertainty σ_n against picks", fontsize=11)
+    for ax in (ax_bpb, ax_sigma):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_landscape(params: Sequence[dict[str, Any]], values: Sequence[float], x: str = "lam", y: str = "alpha",
+                   objective: str = "objective (lower is better)") -> Figure:
+    """The tuning landscape: each finished trial at (λ′, α) on log axes coloured by its objective value,
+    the best (lowest) trial starred. Trials without ``y`` (e.g. α = None, never stop) are drawn in a
+    strip below the axis; with no ``y`` at all it becomes value against λ′."""
+    if len(params) != len(values):
+        raise ValueError(f"params and values differ in length: {len(params)} != {len(values)}")
+    trials = [(p, float(v)) for p, v in zip(params, values) if v is not None and math.isfinite(float(v))]
+    if not trials:
+        raise ValueError("no finished trial with a finite value: nothing to plot")
+    best_params, best_value = min(trials, key=lambda t: t[1])
+    xs = np.array([float(p[x]) for p, _ in trials])
+    vals = np.array([v for _, v in trials])
+    has_y = [p.get(y) is not None for p, _ in trials]
+    fig, ax = plt.subplots(figsize=(6.6, 4.8))
+    best_text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best_params.items())
+    if any(has_y):
+        ys = np.array([float(p[y]) if p.get(y) is not None else np.nan for p, _ in trials])
+        floor = np.nanmin(ys) / 3  # trials without y sit in a strip below every real value
+        ys_drawn = np.where(np.isnan(ys), floor, ys)
+        sc = ax.scatter(xs, ys_drawn, c=vals, cmap="viridis_r", s=60, edgecolors="black", linewidths=0.4)
+        if not all(has_y):
+            ax.axhline(floor * 1.6, color="gray", lw=0.6, ls="--")
+            ax.annotate(f"{y} = None", (0.99, floor * 1.25), xycoords=("axes fraction", "data"), fontsize=8,
+                        color="dimgray", ha="right", va="bottom", bbox={"fc": "white", "ec": "none", "alpha": 0.8})
+        best_y = best_params.get(y)
+        ax.scatter([float(best_params[x])], [float(best_y) if best_y is not None else floor], marker="*", s=320,
+                   color="red", edgecolors="black", label=f"best: {best_value:.4g}")
+        ax.set_yscale("log")
+        ax.set_ylabel({"alpha": "α (adaptive stopping)"}.get(y, y))
+        fig.colorbar(sc, ax=ax, label=objective)
+    else:
+        ax.scatter(xs, vals, color="C0", s=40)
+        ax.scatter([float(best_params[x])], [best_value], marker="*", s=320, color="red", edgecolors="black",
+                   label=f"best: {best_value:.4g}")
+        ax.set_ylabel(objective)
+    ax.set_xscale("log")
+    ax.set_xlabel({"lam": "λ′ (SIFT regularisation)"}.get(x, x))
+    ax.set_title(f"tuning landscape: {len(trials)} trials\nbest {best_text}", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig

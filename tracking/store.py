@@ -1,0 +1,134 @@
+"""Where MLflow keeps runs: the tracking URI, the artifact folder, experiments, reachability.
+
+Default store: ``sqlite:////<state>/mlflow/mlflow.db`` (four slashes: an absolute path) with artifacts
+in ``<state>/mlflow/artifacts``, so ``sift-ttft ui`` and every flow see the same runs without any setup.
+``MLFLOW_TRACKING_URI`` overrides the database (any backend MLflow accepts, or an ``http(s)://`` server).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from sift.env import state_dir
+
+
+class TrackingUnreachable(RuntimeError):
+    """The tracking URI cannot be used; the message says why and what to do."""
+
+
+def mlflow_dir() -> Path:
+    """``<state>/mlflow``: the default home of the sqlite database and of the artifacts."""
+    path = state_dir() / "mlflow"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:////<state>/mlflow/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    # str(abs path) starts with "/", so "sqlite:///" + "/abs" gives the four slashes MLflow needs.
+    return f"sqlite:///{mlflow_dir() / 'mlflow.db'}"
+
+
+def artifact_root() -> Path:
+    """``<state>/mlflow/artifacts``: where local stores keep run artifacts (one folder per experiment)."""
+    path = mlflow_dir() / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def is_remote(uri: str) -> bool:
+    """True for an ``http(s)://`` tracking server (artifacts then live wherever the server puts them)."""
+    return urllib.parse.urlparse(uri).scheme in ("http", "https")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other schemes or in-memory databases)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def check_reachable(uri: str | None = None, timeout: float = 5.0) -> str:
+    """Fail fast, before any expensive work, if the tracking URI cannot be used; return the URI.
+
+    - ``http(s)://``: one GET of ``<uri>/health`` within ``timeout`` seconds. Any HTTP answer (even
+      401/404 from a proxy) counts as reachable; a refused connection, DNS failure or timeout does not.
+      Why: MLflow's own client retries an unreachable server with backoff for minutes.
+    - ``sqlite:///``: the database's folder must exist or be creatable, and be writable.
+    - anything else (other databases, ``databricks``): accepted; MLflow reports its own errors.
+    Raises ``TrackingUnreachable`` with the cause and the ways out.
+    """
+    uri = uri or default_tracking_uri()
+    if timeout <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    advice = (
+        "start it (`sift-ttft ui` serves the local store), set MLFLOW_TRACKING_URI to a reachable server, "
+        "unset MLFLOW_TRACKING_URI to use the local store in the state folder, or run with --no-tracking"
+    )
+    if is_remote(uri):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=timeout):
+                pass
+        except urllib.error.HTTPError:
+            pass  # the server answered: it is reachable, whatever it thinks of /health
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingUnreachable(
+                f"MLflow tracking server {uri} is not reachable ({reason}; waited at most {timeout:g} s): {advice}."
+            ) from None
+        return uri
+    db = sqlite_path(uri)
+    if db is not None:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingUnreachable(f"cannot create the folder of the MLflow database {db} ({err}): {advice}.") from None
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingUnreachable(f"the MLflow database {db} is not writable: {advice}.")
+    return uri
+
+
+def _folder_name(experiment: str) -> str:
+    """A file-system-safe folder name for an experiment's artifacts."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("._") or "experiment"
+
+
+def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
+    """Return the id of experiment ``name``, creating it (or restoring a deleted one) if needed.
+
+    Local stores get an explicit artifact location ``<artifact_root>/<name>`` (without one, MLflow
+    writes to ``./mlruns`` in whatever folder the process runs). An ``http(s)`` server picks its own
+    location (``--artifacts-destination``): a local path of this machine would mean nothing there.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not name or not name.strip():
+        raise ValueError("experiment name must be a non-empty string")
+    uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    location = None if is_remote(uri) else (artifact_root() / _folder_name(name)).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another process created it between our lookup and create: use theirs.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
