@@ -177,3 +177,49 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def make_result_rows(prompts: int = 8, methods=("base", "nn", "sift"), n: int = 6, seed: int = 0) -> list[dict]:
+    """Synthetic but realistic ``PromptResult.to_json()`` rows: σ_n falls with picks, SIFT repeats a pick,
+    every third SIFT prompt stops early, the curve has intermediate points, one domain name ("q&a forum")
+    holds characters MLflow refuses in metric names. For tests of tracking and reporting."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    domains = {"code": 0.7, "wiki": 0.9, "fiction": 1.3, "q&a forum": 1.1}
+    rows = []
+    for p in range(prompts):
+        domain = list(domains)[p % len(domains)]
+        before = domains[domain] + float(rng.normal(0, 0.05))
+        for method in methods:
+            picks = 0 if method == "base" else n
+            steps = picks - 2 if (method == "sift" and p % 3 == 0) else picks
+            sigmas = [1.0]
+            for _ in range(picks):
+                sigmas.append(sigmas[-1] * (0.8 if method == "sift" else 0.9) + float(rng.normal(0, 0.01)))
+            gain = 0.0 if steps == 0 else (0.6 - sigmas[steps]) * 0.2 + float(rng.normal(0, 0.01))
+            curve = [(s, before - gain * s / steps) for s in range(2, steps, 2)] if steps else []
+            seq_ids = [int(s) for s in rng.integers(0, 500, picks)]
+            if method == "sift" and picks > 3:
+                seq_ids[3] = seq_ids[1]
+            rows.append({
+                "prompt_id": f"prompt-{p}", "method": method, "domain": domain,
+                "bpb_before": before, "bpb_after": before - gain, "steps": steps, "uncertainties": sigmas,
+                "picked_ids": [f"doc-{s // 3}" for s in seq_ids], "picked_seq_ids": seq_ids,
+                "picked_domains": [list(domains)[s % len(domains)] for s in seq_ids],
+                "picked_scores": sorted((round(float(x), 4) for x in rng.uniform(0.3, 0.9, picks)), reverse=True),
+                "repeated": [s in seq_ids[:i] for i, s in enumerate(seq_ids)],
+                "seconds": {"retrieval": 0.01, "selection": 0.02, "train": 0.4 * steps, "eval": 0.6, "reset": 0.05,
+                            "total": 0.68 + 0.4 * steps},
+                "tokens": 256 * steps + 300, "tokens_train": 256 * steps, "tokens_eval": 300,
+                "flops": 6 * 135e6 * 256 * steps, "stopped_early": steps < picks, "bpb_curve": curve,
+                "n": n, "k": 50, "lam": 0.1, "alpha": None, "candidate_count": 50, "eval_bytes": 1200,
+                "gain": gain,
+            })
+    return rows
+
+
+@pytest.fixture()
+def result_rows() -> list[dict]:
+    """``make_result_rows()``: 8 prompts × (base, nn, sift) synthetic result rows in 4 domains."""
+    return make_result_rows()
