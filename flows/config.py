@@ -6,6 +6,7 @@ flow, so the two can never drift apart. Validation errors name the field and say
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -35,7 +36,9 @@ class IndexConfig(RunnerConfig):
         default_factory=list,
         description="Corpus paths (JSONL/parquet with 'text', or folders of .txt/.md/.py); empty: the embedded default.",
     )
-    out: Optional[Path] = Field(None, description="Index folder; default: <state>/indices/<corpus fingerprint>.")
+    out: Optional[Path] = Field(
+        None, description="Index folder; default: <state>/indices/<content key of corpus, embedder, max_tokens>."
+    )
     embedder: Optional[str] = Field(None, description="HF encoder name or path; default: all-MiniLM-L6-v2 (bundled).")
     model: Optional[str] = Field(
         None, description="Causal LM whose tokenizer cuts documents into sequences; default: bundled SmolLM2-135M."
@@ -49,8 +52,12 @@ class IndexConfig(RunnerConfig):
 class EvaluateConfig(RunnerConfig):
     """Test-time fine-tune per prompt and measure bits per byte (``sift-ttft evaluate``)."""
 
-    index: Optional[Path] = Field(None, description="Index folder from `sift-ttft index`; default: the demo index.")
-    prompts: Optional[Path] = Field(None, description="Prompts JSONL (id, text, domain, doc_id); default: held-out demo prompts.")
+    index: Optional[Path] = Field(
+        None, description="Index folder from `sift-ttft index`; default: the last index built on the default corpus."
+    )
+    prompts: Optional[Path] = Field(
+        None, description="Prompts JSONL (id, text, domain, doc_id); default: the default corpus's held-out prompts."
+    )
     method: list[str] = Field(
         default_factory=lambda: ["base", "nn", "sift"],
         description="Selection methods to compare: base, sift, nn, nn-f, us, random (repeatable).",
@@ -66,7 +73,9 @@ class EvaluateConfig(RunnerConfig):
     split: Optional[float] = Field(
         None, gt=0, lt=1, description="Use this leading fraction of the prompt's tokens as query, evaluate on the rest."
     )
-    limit: Optional[int] = Field(None, ge=1, description="Evaluate only the first LIMIT prompts.")
+    limit: Optional[int] = Field(
+        None, ge=1, description="Evaluate only LIMIT prompts, taken in file order round-robin across domains."
+    )
     seed: int = Field(0, description="Seed for 'random' selection and any sampling.")
     lora_rank: Optional[int] = Field(None, ge=1, description="Fine-tune LoRA adapters of this rank instead of all weights.")
     eval_every: Optional[int] = Field(None, ge=1, description="Also evaluate bits per byte every k steps (curves).")
@@ -84,6 +93,32 @@ class EvaluateConfig(RunnerConfig):
         if not value:
             raise ValueError("give at least one --method")
         return list(dict.fromkeys(value))  # keep order, drop repeats
+
+    @model_validator(mode="after")
+    def _apply_params_file(self) -> "EvaluateConfig":
+        """``params`` (e.g. tuning's best.json) overrides ``lam``/``alpha``: read it once, here, so the
+        flow, the CLI and a deployment all see the same resolved values."""
+        if self.params is None:
+            return self
+        path = Path(self.params).expanduser()
+        if not path.is_file():
+            raise ValueError(f"params file {str(path)!r} does not exist; give a JSON file with 'lam' and/or 'alpha'")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"params file {str(path)!r} is not JSON ({exc.msg})") from None
+        if not isinstance(values, dict) or not {"lam", "alpha"} & set(values):
+            raise ValueError(f"params file {str(path)!r} must hold a JSON object with 'lam' and/or 'alpha'")
+        if "lam" in values:
+            if not isinstance(values["lam"], (int, float)) or values["lam"] <= 0:
+                raise ValueError(f"params file {str(path)!r}: 'lam' must be a number > 0, got {values['lam']!r}")
+            self.lam = float(values["lam"])
+        if "alpha" in values:
+            alpha = values["alpha"]
+            if alpha is not None and (not isinstance(alpha, (int, float)) or alpha <= 0):
+                raise ValueError(f"params file {str(path)!r}: 'alpha' must be a number > 0 or null, got {alpha!r}")
+            self.alpha = None if alpha is None else float(alpha)
+        return self
 
 
 class DemoConfig(EvaluateConfig):

@@ -1,0 +1,217 @@
+"""The ``sift-ttft`` command line: one subcommand per flow, flags generated from the pydantic configs.
+
+Each config field is one flag (``lam`` → ``--lam``, ``max_tokens`` → ``--max-tokens``, booleans as
+``--tracking/--no-tracking``, list fields repeatable: ``--method nn --method sift``), its help is the
+field's description and default, and pydantic validates the values: the config classes in
+``flows/config.py`` are the single source of truth for the CLI, the flows and the deployments.
+
+Only typer and pydantic are imported at module level so that ``--help`` stays fast; Prefect, torch
+and friends are imported inside the commands.
+
+Adding a command for another config (how ``tune`` is wired)::
+
+    @config_command(app, "tune", TuneConfig)
+    def tune(config: TuneConfig) -> None:
+        from flows.tune import ...   # heavy imports inside
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from flows.config import DemoConfig, EvaluateConfig, IndexConfig, TuneConfig
+
+app = typer.Typer(
+    name="sift-ttft",
+    help="Test-time fine-tuning on data chosen by SIFT, as Prefect flows tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+USAGE_ERROR = 2  # what click uses for bad flags; a config that fails validation is a bad flag too
+
+
+def _option_type(annotation: Any) -> tuple[Any, bool]:
+    """Map a field's annotation to the type typer parses, and whether the flag is repeatable."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _option_type(args[0])
+    if origin is list:
+        (inner,) = typing.get_args(annotation) or (str,)
+        return list[inner], True
+    if origin is Literal:
+        return annotation, False
+    return annotation, False
+
+
+def _flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def config_options(config_cls: type[BaseModel]) -> list[inspect.Parameter]:
+    """Typer parameters (keyword-only) for every field of ``config_cls``, defaulting to its defaults.
+
+    The option's default is the field's default (a factory is called once, here), so ``--help``
+    shows the real default and a flag left out validates to exactly the config's default.
+    """
+    params = []
+    for name, field in config_cls.model_fields.items():
+        hint, repeatable = _option_type(field.annotation)
+        default = field.get_default(call_default_factory=True)
+        help_text = field.description or ""
+        if repeatable and "repeatable" not in help_text:
+            help_text += " (repeatable)"
+        decls = [f"{_flag_name(name)}/--no-{name.replace('_', '-')}"] if hint is bool else [_flag_name(name)]
+        option = typer.Option(default, *decls, help=help_text, show_default=default not in (None, []))
+        annotation = hint if default is not None else Optional[hint]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+    return params
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One readable line: ``--flag: what is wrong (got VALUE)`` for each error, joined by '; '."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if not isinstance(x, int)]
+        where = _flag_name(loc[0]) if loc else "config"
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        got = err.get("input")
+        shown = f" (got {got!r})" if loc and not isinstance(got, dict) else ""
+        parts.append(f"{where}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+def parse_config(config_cls: type[BaseModel], values: dict[str, Any]):
+    """Validate CLI values into ``config_cls``; on failure print one line and exit 2."""
+    try:
+        return config_cls(**values)
+    except ValidationError as exc:
+        typer.echo(f"error: {validation_message(exc)}", err=True)
+        raise typer.Exit(USAGE_ERROR) from None
+
+
+def config_command(
+    typer_app: typer.Typer, name: str, config_cls: type[BaseModel], help: str | None = None
+) -> Callable[[Callable[[Any], None]], Callable[..., None]]:
+    """Decorator: register ``fn(config)`` as command ``name`` whose flags are ``config_cls``'s fields.
+
+    The command validates the flags into a ``config_cls`` (one line and exit 2 when invalid), calls
+    ``sift.env.set_default_env()`` (telemetry off, hub offline, state folder), then ``fn(config)``.
+    A ``ValueError``/``FileNotFoundError`` from ``fn`` becomes one ``error:`` line and exit 1.
+    """
+
+    def decorate(fn: Callable[[Any], None]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def command(**values: Any) -> None:
+            config = parse_config(config_cls, values)
+            from sift.env import set_default_env
+
+            set_default_env()
+            try:
+                fn(config)
+            except (ValueError, FileNotFoundError) as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
+
+        params = config_options(config_cls)
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # typer must read our signature, not fn's
+        typer_app.command(name, help=help or (config_cls.__doc__ or "").strip().splitlines()[0])(command)
+        return fn
+
+    return decorate
+
+
+def _run_flow(flow_fn, config) -> Any:
+    """Run a flow with the task runner the config names (thread or Dask)."""
+    from flows.runners import make_task_runner
+
+    return flow_fn.with_options(task_runner=make_task_runner(config))(config=config)
+
+
+@config_command(app, "demo", DemoConfig, help="The main job: default corpus → index → base/NN/SIFT on held-out prompts → MLflow → table.")
+def demo(config: DemoConfig) -> None:
+    from flows.demo import demo as demo_flow
+
+    _run_flow(demo_flow, config)
+
+
+@config_command(app, "index", IndexConfig, help="Build (or reuse) a Faiss index over a corpus: chunk, embed in cached shards, save.")
+def index(config: IndexConfig) -> None:
+    from flows.build_index import build_index
+
+    result = _run_flow(build_index, config)
+    typer.echo(f"index: {result['path']}  ({result['count']} sequences, fingerprint {result['fingerprint']})")
+
+
+@config_command(app, "evaluate", EvaluateConfig, help="Test-time fine-tune per (prompt, method) and measure bits per byte; log to MLflow.")
+def evaluate(config: EvaluateConfig) -> None:
+    from flows.evaluate import evaluate as evaluate_flow
+    from flows.evaluate import print_summary
+
+    summary = _run_flow(evaluate_flow, config)
+    print_summary(summary)
+
+
+# --- tune: Optuna over λ′ and α (flows/tune.py). Its command is registered here with the same helper.
+def _tune_command(config: TuneConfig) -> None:
+    from flows import tune as tune_module
+
+    main = getattr(tune_module, "tune_cli", None)
+    if main is None:
+        raise ValueError("flows/tune.py defines no tune_cli(config); the tune command is not wired up yet")
+    main(config)
+
+
+config_command(app, "tune", TuneConfig, help="Optuna study over SIFT's λ′ and α on a tuning split of the prompts.")(_tune_command)
+
+
+@app.command("ui")
+def ui(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (the UI has no login: keep it on loopback)."),
+    port: int = typer.Option(5000, help="Port of the MLflow UI."),
+) -> None:
+    """Serve the MLflow UI on the tracking store (runs, per-prompt child runs, plots) until Ctrl-C."""
+    from sift.env import set_default_env
+
+    set_default_env()
+    from tracking import ui as tracking_ui
+
+    raise typer.Exit(tracking_ui.serve(host=host, port=port))
+
+
+@app.command("corpus")
+def corpus(
+    out: Optional[Path] = typer.Option(None, help="Output folder; default: <state>/corpus/default."),
+    seed: int = typer.Option(0, help="Seed of the held-out prompt choice and document sampling."),
+) -> None:
+    """Assemble the embedded default multi-domain corpus and its held-out prompts (idempotent)."""
+    from sift.env import set_default_env
+
+    set_default_env()
+    from flows.tasks import default_corpus_dir
+    from sift.default_corpus import assemble_default_corpus
+
+    result = assemble_default_corpus(out or default_corpus_dir(), seed=seed)
+    typer.echo(f"corpus: {result}")
+
+
+def main() -> None:  # pragma: no cover - `python -m flows.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

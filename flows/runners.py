@@ -1,0 +1,62 @@
+"""Which Prefect task runner executes the per-prompt tasks and the embedding shards.
+
+- ``thread``: in this process. Per-prompt work runs one prompt at a time in prompt order (the model is
+  shared and fine-tuning mutates it; on 2 cores parallel threads only fight over them).
+- ``dask``: ``prefect_dask.DaskTaskRunner``. Without ``dask_address`` it starts a
+  ``distributed.LocalCluster`` of ``dask_workers`` processes with one thread each (each worker loads
+  its own model once, so tasks never share weights); with ``dask_address`` it connects to an
+  existing scheduler (``tcp://host:8786``), e.g. one started by ``dask scheduler`` / dask-jobqueue /
+  dask-kubernetes. Workers must see the same state folder (``SIFT_HOME``) path as the flow: the
+  cached results and embedding shards are files there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flows.config import RunnerConfig
+
+if TYPE_CHECKING:  # keep `import flows.runners` light: prefect_dask pulls in distributed
+    from prefect.task_runners import TaskRunner
+
+
+def make_task_runner(config: RunnerConfig) -> "TaskRunner":
+    """Build the task runner that ``config.task_runner`` names (see the module docstring)."""
+    if config.task_runner == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner()
+    if config.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.dask_address:
+            return DaskTaskRunner(address=config.dask_address)
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": config.dask_workers,
+                "threads_per_worker": 1,  # one task per worker process at a time: torch uses the cores
+                "processes": True,
+                "dashboard_address": None,  # no port to collide with; the Prefect UI shows the tasks
+            },
+        )
+    raise ValueError(f"task_runner={config.task_runner!r} is not one of 'thread', 'dask'")
+
+
+def is_dask_runner(runner: object) -> bool:
+    """True when ``runner`` is a prefect-dask DaskTaskRunner (without importing prefect_dask when not)."""
+    return type(runner).__name__ == "DaskTaskRunner"
+
+
+def current_runner_matches(config: RunnerConfig) -> bool:
+    """Whether the running flow already uses the kind of runner ``config`` asks for.
+
+    A deployment starts the flow with its decorator's runner; when its parameters ask for Dask, the
+    flow hands the per-prompt work to a subflow on a DaskTaskRunner instead (see flows/evaluate.py).
+    """
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None:
+        raise RuntimeError("current_runner_matches must be called inside a running flow")
+    return is_dask_runner(ctx.task_runner) == (config.task_runner == "dask")
