@@ -2,3 +2,7 @@
 
 ``import sift`` never imports Prefect, MLflow or Optuna.
 """
+
+from sift.select import METHODS, Selection, posterior_variance, select, select_batch
+
+__all__ = ["METHODS", "Selection", "posterior_variance", "select", "select_batch"]
