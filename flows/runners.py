@@ -1,7 +1,8 @@
 """Which Prefect task runner executes the per-prompt tasks and the embedding shards.
 
-- ``thread``: in this process. Per-prompt work runs one prompt at a time in prompt order (the model is
-  shared and fine-tuning mutates it; on 2 cores parallel threads only fight over them).
+- ``thread``: in this process, one task at a time (``ThreadPoolTaskRunner(max_workers=1)``); per-prompt
+  work runs in prompt order. Why not more threads: torch already uses every core for one task, and
+  the model is shared (fine-tuning mutates it), so parallel threads would only fight.
 - ``dask``: ``prefect_dask.DaskTaskRunner``. Without ``dask_address`` it starts a
   ``distributed.LocalCluster`` of ``dask_workers`` processes with one thread each (each worker loads
   its own model once, so tasks never share weights); with ``dask_address`` it connects to an
@@ -25,7 +26,7 @@ def make_task_runner(config: RunnerConfig) -> "TaskRunner":
     if config.task_runner == "thread":
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return ThreadPoolTaskRunner()
+        return ThreadPoolTaskRunner(max_workers=1)
     if config.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
@@ -37,7 +38,7 @@ def make_task_runner(config: RunnerConfig) -> "TaskRunner":
                 "n_workers": config.dask_workers,
                 "threads_per_worker": 1,  # one task per worker process at a time: torch uses the cores
                 "processes": True,
-                "dashboard_address": None,  # no port to collide with; the Prefect UI shows the tasks
+                "dashboard_address": "127.0.0.1:0",  # any free loopback port: never collides, never public
             },
         )
     raise ValueError(f"task_runner={config.task_runner!r} is not one of 'thread', 'dask'")

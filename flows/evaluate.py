@@ -1,0 +1,345 @@
+"""The ``evaluate`` flow: test-time fine-tune per (prompt, method), measure bits per byte, summarise.
+
+Per (prompt, method) two cached tasks (flows/tasks.py):
+``select`` (prompt hash, index fingerprint, method, K, N, λ′, α, seed, split) → ``finetune_evaluate``
+(the chosen texts, the model fingerprint, the training settings). Changing λ′ reruns the selections;
+a fine-tuning reruns only when its chosen texts changed; changing nothing reruns nothing.
+
+``run_evaluation`` is the reusable core (the tune flow calls it for every Optuna trial); the
+``evaluate`` flow wraps it with MLflow logging (one parent run, one child run per row) and the
+summary per method and domain.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from flows.config import EvaluateConfig
+from flows.tasks import (
+    cached,
+    default_corpus_dir,
+    default_index_pointer,
+    finetune_task,
+    model_fingerprint_of,
+    prompt_hash,
+    read_manifest,
+    select_task,
+    split_for,
+    ttft_config,
+)
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def resolve_index(config: EvaluateConfig) -> Path:
+    """``config.index``, or the last index built on the default corpus (see ``build_index``)."""
+    if config.index is not None:
+        path = Path(config.index).expanduser().resolve()
+        read_manifest(path)  # a clear error now, not deep inside a task
+        return path
+    pointer = default_index_pointer()
+    if not pointer.is_file():
+        raise ValueError("no index given and none built yet: run `sift-ttft demo` or `sift-ttft index`, or pass --index")
+    return Path(json.loads(pointer.read_text())["path"])
+
+
+def load_prompts(config: EvaluateConfig) -> list[dict]:
+    """All prompts of ``config.prompts`` (default: the default corpus's held-out prompts); no limit.
+
+    Each prompt needs a non-empty ``text``; ``id`` defaults to its line number, ``domain`` to "",
+    ``doc_id`` to its id (the document excluded from its candidates).
+    """
+    path = Path(config.prompts).expanduser() if config.prompts else default_corpus_dir() / "prompts.jsonl"
+    if not path.is_file():
+        hint = "pass --prompts FILE.jsonl" if config.prompts else "run `sift-ttft corpus` or `sift-ttft demo` first"
+        raise ValueError(f"prompts file {str(path)!r} does not exist: {hint}")
+    prompts = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"prompts file {str(path)!r} line {line_no} is not JSON ({exc.msg})") from None
+        text = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"prompts file {str(path)!r} line {line_no}: 'text' is missing or empty")
+        pid = str(row.get("id", line_no))
+        prompts.append({"id": pid, "text": text, "domain": str(row.get("domain", "")), "doc_id": str(row.get("doc_id", pid))})
+    if not prompts:
+        raise ValueError(f"prompts file {str(path)!r} holds no prompt")
+    return prompts
+
+
+def limit_prompts(prompts: list[dict], limit: Optional[int]) -> list[dict]:
+    """The first ``limit`` prompts taken round-robin across domains in file order (all if None).
+
+    Why round-robin: prompt files are often grouped by domain; a small limit should still show
+    every domain rather than the first one only.
+    """
+    if limit is None or limit >= len(prompts):
+        return list(prompts)
+    by_domain: dict[str, list[dict]] = {}
+    for p in prompts:
+        by_domain.setdefault(p["domain"], []).append(p)
+    chosen: list[dict] = []
+    queues = list(by_domain.values())
+    while len(chosen) < limit:
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                chosen.append(queue.pop(0))
+    order = {id(p): i for i, p in enumerate(prompts)}
+    return sorted(chosen, key=lambda p: order[id(p)])
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+def compose_result(prompt: dict, cfg, selection: dict, outcome: dict) -> dict:
+    """The ``PromptResult.to_json()`` row of one (prompt, method) from its cached parts.
+
+    Mirrors ``sift.ttft.run_prompt`` (tests check the two agree); ``seconds.total`` is the sum of
+    the phases, i.e. the compute the row cost when it was first computed (cached rows keep it).
+    """
+    from sift.ttft import PromptResult, PromptSelection
+
+    fields = PromptSelection.__dataclass_fields__
+    sel = PromptSelection(**{k: v for k, v in selection.items() if k in fields})
+    low_similarity = cfg.method != "base" and (sel.max_score is None or sel.max_score < cfg.min_similarity)
+    skipped_reason = None
+    if low_similarity and cfg.on_low_similarity == "skip":
+        skipped_reason = f"no candidate above similarity floor {cfg.min_similarity} (best {sel.max_score})"
+    elif sel.candidate_count == 0 and cfg.method != "base":
+        skipped_reason = "no candidates left after excluding the prompt's own document"
+    seconds = {
+        "embed": float(selection.get("seconds_embed", 0.0)),
+        "retrieval": sel.seconds_retrieval,
+        "selection": sel.seconds_selection,
+        "snapshot": outcome["seconds_snapshot"],
+        "train": outcome["seconds_train"],
+        "eval": outcome["seconds_eval"],
+        "reset": outcome["seconds_reset"],
+    }
+    seconds["total"] = float(sum(seconds.values()))
+    result = PromptResult(
+        prompt_id=str(prompt["id"]), method=cfg.method, domain=str(prompt.get("domain", "")),
+        bpb_before=outcome["bpb_before"], bpb_after=outcome["bpb_after"], steps=outcome["steps"],
+        uncertainties=sel.uncertainties, picked_ids=sel.doc_ids, picked_seq_ids=sel.seq_ids,
+        picked_domains=sel.domains, picked_scores=sel.scores, repeated=sel.repeated, seconds=seconds,
+        tokens=outcome["tokens_train"] + outcome["tokens_eval"], tokens_train=outcome["tokens_train"],
+        tokens_eval=outcome["tokens_eval"], flops=outcome["flops"], stopped_early=sel.stop < len(sel.seq_ids),
+        bpb_curve=[tuple(p) for p in outcome["bpb_curve"]], n=cfg.n, k=cfg.k, lam=cfg.lam, alpha=cfg.alpha,
+        candidate_count=sel.candidate_count, max_score=sel.max_score, low_similarity=bool(low_similarity),
+        skipped_reason=skipped_reason, eval_bytes=outcome.get("eval_bytes", 0),
+    )
+    return result.to_json()
+
+
+def train_texts_of(selection: dict, cfg) -> list[str]:
+    """What ``run_prompt`` trains on: the first ``stop`` picks (none when skipping low similarity)."""
+    max_score = selection.get("max_score")
+    low = cfg.method != "base" and (max_score is None or max_score < cfg.min_similarity)
+    if low and cfg.on_low_similarity == "skip":
+        return []
+    return list(selection["texts"][: selection["stop"]])
+
+
+# ------------------------------------------------------------------------------------- the core
+
+
+def _selection_settings(config: EvaluateConfig, method: str) -> dict:
+    """What decides a selection (the select task's key): never paths, never training settings."""
+    return {"method": method, "n": config.n, "k": config.k, "lam": config.lam, "alpha": config.alpha,
+            "seed": config.seed, "split": config.split, "max_tokens": config.max_tokens}
+
+
+def _training_settings(config: EvaluateConfig) -> dict:
+    """What decides a fine-tuning besides its texts: lr, eps, tokens, seed, LoRA rank, eval_every."""
+    return {"lr": config.lr, "eps": config.eps, "max_tokens": config.max_tokens, "seed": config.seed,
+            "lora_rank": config.lora_rank, "eval_every": config.eval_every}
+
+
+class EvaluationStats(Counter):
+    """Counts of task final states by ``"<task>:<state name>"`` (e.g. ``select:Cached``)."""
+
+
+def run_evaluation(
+    config: EvaluateConfig,
+    prompts: Optional[list[dict]] = None,
+    on_result: Optional[Callable[[dict], None]] = None,
+    *,
+    stats: Optional[EvaluationStats] = None,
+) -> list[dict]:
+    """Evaluate every (prompt, method) of ``config`` inside the running flow; return the rows
+    (``PromptResult.to_json()`` dicts) in prompt order, methods in ``config.method`` order.
+
+    ``prompts``: default ``limit_prompts(load_prompts(config), config.limit)``. ``on_result(row)``
+    is called after each row, in that order; if it raises, nothing further is collected and the
+    exception propagates (Optuna pruning). ``stats`` (optional) counts task states
+    (``select:Cached``, ``finetune_evaluate:Completed``, ...).
+
+    Thread runner: one task after the other in prompt order (the tasks share this process's model).
+    Dask runner: every ``select`` is submitted at once, each ``finetune_evaluate`` as soon as its
+    selection is back, and rows are collected in prompt order. When the running flow's runner is not
+    the kind ``config.task_runner`` names (a deployment whose parameters ask for Dask), the work runs
+    in a subflow on the configured runner and ``on_result`` is called as its rows come back.
+    """
+    from flows.runners import current_runner_matches, is_dask_runner, make_task_runner
+
+    ctx = FlowRunContext.get()
+    if ctx is None:
+        raise RuntimeError("run_evaluation must be called inside a running Prefect flow")
+    prompts = prompts if prompts is not None else limit_prompts(load_prompts(config), config.limit)
+    stats = stats if stats is not None else EvaluationStats()
+    if not current_runner_matches(config):
+        rows, sub_stats = _evaluate_subflow.with_options(task_runner=make_task_runner(config))(config, prompts)
+        stats.update(sub_stats)
+        for row in rows:
+            if on_result is not None:
+                on_result(row)
+        return rows
+
+    logger = get_run_logger()
+    index_dir = str(resolve_index(config))
+    index_fingerprint = read_manifest(index_dir)["fingerprint"]
+    model_id = model_fingerprint_of(config.model)
+    training = _training_settings(config)
+    select, finetune = cached(select_task), cached(finetune_task)
+    jobs = [(p, ttft_config(config, m)) for p in prompts for m in config.method]
+
+    def select_call(prompt: dict, cfg) -> dict:
+        return dict(prompt=prompt, prompt_key=prompt_hash(prompt), index_dir=index_dir,
+                    index_fingerprint=index_fingerprint, model=config.model,
+                    tokenizer_key=model_id if config.split else None,
+                    settings=_selection_settings(config, cfg.method))
+
+    def finetune_call(prompt: dict, cfg, selection: dict) -> dict:
+        _, eval_text, context = split_for(prompt, cfg, config.model)
+        return dict(eval_text=eval_text, eval_context=context, train_texts=train_texts_of(selection, cfg),
+                    model=config.model, model_id=model_id, settings=training)
+
+    def outcome_of(name: str, run) -> Any:
+        """Wait for a future (or take a state), count its final state, return its result."""
+        if hasattr(run, "wait"):
+            run.wait()
+            run = run.state
+        stats[f"{name}:{run.name}"] += 1
+        return run.result()
+
+    parallel = is_dask_runner(ctx.task_runner)
+    if parallel:
+        selections = [select.submit(**select_call(p, cfg)) for p, cfg in jobs]
+        pending = []
+        for (prompt, cfg), future in zip(jobs, selections):
+            selection = outcome_of("select", future)
+            pending.append((selection, finetune.submit(**finetune_call(prompt, cfg, selection))))
+    rows: list[dict] = []
+    started = time.perf_counter()
+    for i, (prompt, cfg) in enumerate(jobs):
+        if parallel:
+            selection, future = pending[i]
+            outcome = outcome_of("finetune_evaluate", future)
+        else:
+            selection = outcome_of("select", select(**select_call(prompt, cfg), return_state=True))
+            outcome = outcome_of("finetune_evaluate", finetune(**finetune_call(prompt, cfg, selection), return_state=True))
+        row = compose_result(prompt, cfg, selection, outcome)
+        rows.append(row)
+        logger.info(
+            "[%d/%d] %s %s: bpb %.4f → %.4f, %d steps (%.0f s elapsed)", i + 1, len(jobs), row["prompt_id"],
+            cfg.method, row["bpb_before"], row["bpb_after"], row["steps"], time.perf_counter() - started,
+        )
+        if on_result is not None:
+            on_result(row)
+    return rows
+
+
+@flow(name="evaluate-prompts")
+def _evaluate_subflow(config: EvaluateConfig, prompts: list[dict]) -> tuple[list[dict], dict]:
+    """The per-prompt work as its own flow, for a caller whose task runner is not the configured one."""
+    stats = EvaluationStats()
+    return run_evaluation(config, prompts, stats=stats), dict(stats)
+
+
+# ------------------------------------------------------------------------------------- the flow
+
+
+@task(name="summary", cache_policy=NO_CACHE)
+def summarize_task(rows: list[dict], tracker) -> dict:
+    """Aggregate per method and domain (means, bootstrap intervals, paired differences) and record
+    them with the tracker (MLflow parent run, or nothing with --no-tracking)."""
+    return tracker.log_summary(rows)
+
+
+@flow(name="evaluate")
+def evaluate(config: EvaluateConfig = EvaluateConfig()) -> dict:
+    """Evaluate ``config.method`` on the prompts; log to MLflow; return ``{"summary", "rows", "stats",
+    "mlflow_run_id"}`` (``rows`` also written to ``config.out`` as JSONL when set)."""
+    return evaluate_in_flow(config)
+
+
+def evaluate_in_flow(config: EvaluateConfig) -> dict:
+    """The ``evaluate`` flow's body, callable from another flow (``demo``) without a subflow."""
+    from tracking.log import tracking_run
+
+    prompts = limit_prompts(load_prompts(config), config.limit)
+    index_dir = resolve_index(config)
+    manifest = read_manifest(index_dir)
+    stats = EvaluationStats()
+    params = {"index_fingerprint": manifest["fingerprint"], "embedder_id": manifest.get("embedder_id"),
+              "index_path": str(index_dir), "prompts_count": len(prompts),
+              "model_fingerprint": model_fingerprint_of(config.model)}
+    with tracking_run(config, experiment=config.experiment, run_name="evaluate", enabled=config.tracking,
+                      params=params) as tracker:
+        rows = run_evaluation(config, prompts, tracker.log_result, stats=stats)
+        summary = summarize_task(rows, tracker)
+    if config.out is not None:
+        out = Path(config.out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    get_run_logger().info("task states: %s", dict(stats))
+    return {"summary": summary, "rows": rows, "stats": dict(stats), "mlflow_run_id": tracker.run_id}
+
+
+# ----------------------------------------------------------------------------------------- output
+
+
+def summary_table(summary: dict, title: str = "bits per byte by method (lower is better)"):
+    """A rich Table: per method, mean bpb before/after, gain, σ_N, steps and seconds (all domains)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in ("method", "prompts", "bpb before", "bpb after", "gain", "σ_N", "steps", "seconds"):
+        table.add_column(name, justify="left" if name == "method" else "right")
+    for group in summary["groups"]:
+        if group.get("domain") != "all":
+            continue
+        table.add_row(
+            str(group["method"]), str(group.get("count", "")), _fmt(group.get("bpb_before")), _fmt(group.get("bpb_after")),
+            _fmt(group.get("bpb_gain")), _fmt(group.get("uncertainty_final")), _fmt(group.get("steps"), 1),
+            _fmt(group.get("seconds_total"), 1),
+        )
+    return table
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "–" if value is None or (isinstance(value, float) and value != value) else f"{float(value):.{digits}f}"
+
+
+def print_summary(result: dict) -> None:
+    """Print the summary table and the cache statistics of an ``evaluate`` result."""
+    from rich.console import Console
+
+    console = Console()
+    console.print(summary_table(result["summary"]))
+    stats = result.get("stats") or {}
+    cached = sum(v for k, v in stats.items() if k.endswith(":Cached"))
+    console.print(f"{cached} of {sum(stats.values())} cached task results reused.")
+    if result.get("mlflow_run_id"):
+        console.print(f"MLflow run {result['mlflow_run_id']}: browse it with `sift-ttft ui`.")
