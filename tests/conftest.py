@@ -223,3 +223,18 @@ def make_result_rows(prompts: int = 8, methods=("base", "nn", "sift"), n: int = 
 def result_rows() -> list[dict]:
     """``make_result_rows()``: 8 prompts × (base, nn, sift) synthetic result rows in 4 domains."""
     return make_result_rows()
+
+
+@pytest.fixture(scope="session")
+def tiny_index_dir(prefect_server, tmp_path_factory, tiny_corpus_file, tiny_encoder_dir, tiny_lm_dir) -> Path:
+    """An index of the tiny corpus built by the ``build_index`` flow (tiny encoder; sequences of ≤ 8
+    tokens of the tiny LM's tokenizer; 15 shards of 8), with its caches in a private state folder."""
+    from flows.build_index import build_index
+    from flows.config import IndexConfig
+
+    root = tmp_path_factory.mktemp("tiny-index")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIFT_HOME", str(root / "state"))
+        build_index(IndexConfig(corpus=[str(tiny_corpus_file)], embedder=str(tiny_encoder_dir), model=str(tiny_lm_dir),
+                                max_tokens=8, shard_size=8, out=root / "index"))
+    return root / "index"
