@@ -43,6 +43,12 @@ TIE_ATOL = 1e-15  # ... or within this fraction of the prior variance (all-zero 
 
 # Speculative kernel-column blocks: a product of X with B columns costs about as much as ~10
 # matrix-vector products plus B/10 more, so computing a few extra likely columns is cheap.
+# select_batch on CPU: a candidate set up to this size (float64) stays in a core's cache, the greedy
+# is bound by per-step overhead and prompts are vectorised in groups of up to GROUP; a larger set
+# is bound by streaming X from memory, and interleaving prompts would only evict each other's X,
+# so those run one at a time (measured: benchmarks/select.py).
+SMALL_SET_BYTES = 2 * 2**20
+GROUP = 64
 BLOCK = 16  # columns per block: the pick + the (BLOCK - 1) best-scoring candidates without a column
 
 
@@ -289,13 +295,18 @@ class _Kernel:
             self.x = candidates[0].to(device, torch.float64).contiguous().unsqueeze(0)
             self.q = queries[0].to(device, torch.float64).unsqueeze(0)
         else:  # zero padding: a zero query row adds nothing, padded candidates are masked out
-            self.x = torch.zeros((P, K, d), dtype=torch.float64, device=device)
+            self.x = torch.empty((P, K, d), dtype=torch.float64, device=device)
             self.q = torch.zeros((P, M, d), dtype=torch.float64, device=device)
             for p, (q, x) in enumerate(zip(queries, candidates)):
                 self.x[p, : x.shape[0]] = x.to(device, torch.float64)
+                self.x[p, x.shape[0] :] = 0.0
                 self.q[p, : q.shape[0]] = q.to(device, torch.float64)
         self.valid = np.arange(K)[None, :] < self.sizes[:, None]  # (P, K)
-        norms = torch.einsum("pkd,pkd->pk", self.x, self.x).cpu().numpy()  # k(x, x)
+        # k(x, x) in one pass over X (torch's einsum here becomes K tiny matrix products: slow)
+        if device.type == "cpu":
+            norms = np.einsum("pkd,pkd->pk", self.x.numpy(), self.x.numpy())
+        else:
+            norms = torch.linalg.vecdot(self.x, self.x).cpu().numpy()
         bad = ~np.isfinite(norms)
         if bad.any():
             p = int(np.nonzero(bad.any(axis=1))[0][0])
@@ -307,14 +318,12 @@ class _Kernel:
 
     def columns(self, prompts: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """k(x_j, x_r) for all j, for each prompt p in ``prompts`` and r in its ``rows``: (len, B, K)."""
-        # X @ rows.T (K, B) is the layout BLAS streams X through fastest; transposed on the way out.
-        p = torch.as_tensor(prompts, device=self.x.device)
+        # X_p @ rows.T (K, B) is the layout BLAS streams X_p through fastest; transposed on the way
+        # out. One product per prompt: gathering the prompts' X for one batched product would copy
+        # every X_p, which costs as much as the products.
         r = torch.as_tensor(rows, device=self.x.device)
-        if len(prompts) == 1:
-            xp = self.x[int(prompts[0])]
-            return (xp @ xp[r[0]].T).cpu().numpy().T[None]
-        picked = self.x[p[:, None], r]  # (len, B, d)
-        return torch.bmm(self.x[p], picked.transpose(1, 2)).cpu().numpy().transpose(0, 2, 1)
+        out = [self.x[p] @ self.x[p, r[i]].T for i, p in enumerate(prompts.tolist())]
+        return torch.stack(out).cpu().numpy().transpose(0, 2, 1)
 
     def rows(self, p: int, indices: np.ndarray) -> np.ndarray:
         return self.x[p, torch.as_tensor(indices, device=self.x.device)].cpu().numpy()
@@ -339,29 +348,42 @@ def _variance_path(kernel: _Kernel, p: int, picks: np.ndarray, lam: float) -> np
         return np.array([prior])
     x = kernel.rows(p, picks)
     chol = np.linalg.cholesky(x @ x.T + lam * np.eye(len(picks)))
-    w = _forward_substitution(chol, x @ q.T)
+    w = np.linalg.solve(chol, x @ q.T)  # L⁻¹ k_X(x*): a triangular solve (LAPACK's is fine here)
     reduction = np.cumsum(np.einsum("nm,nm->n", w, w))
     return np.maximum(prior - np.concatenate([[0.0], reduction]), 0.0)
 
 
-def _forward_substitution(lower: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    out = np.empty_like(rhs)
-    for i in range(lower.shape[0]):
-        out[i] = (rhs[i] - lower[i, :i] @ out[:i]) / lower[i, i]
+def _select_many(queries, candidates, n, method, lam, alpha, seeds, dedup_threshold) -> list[Selection]:
+    """Select for each prompt, vectorised over groups of prompts (see ``SMALL_SET_BYTES``).
+
+    On a GPU every prompt goes in one group.
+    """
+    if candidates[0].device.type != "cpu":
+        group = len(candidates)
+    else:
+        largest = max(x.shape[0] for x in candidates) * candidates[0].shape[1] * 8
+        group = GROUP if largest <= SMALL_SET_BYTES else 1
+    out = []
+    for start in range(0, len(candidates), group):
+        part = slice(start, start + group)
+        out += _select_group(queries[part], candidates[part], n, method, lam, alpha, seeds[part], dedup_threshold)
     return out
 
 
-def _select_many(queries, candidates, n, method, lam, alpha, seeds, dedup_threshold) -> list[Selection]:
+def _select_group(queries, candidates, n, method, lam, alpha, seeds, dedup_threshold) -> list[Selection]:
     kernel = _Kernel(queries, candidates)
     if method in ("sift", "us"):
-        picks = list(_greedy(kernel, n, lam, directed=(method == "sift")))
+        if len(candidates) == 1:  # the common case gets a loop without per-prompt indexing
+            picks = [_greedy_single(kernel, n, lam, directed=(method == "sift"))]
+        else:
+            picks = list(_greedy(kernel, n, lam, directed=(method == "sift")))
     else:
         picks = []
         for p in range(len(candidates)):
             size = int(kernel.sizes[p])
             if method == "random":
                 if n > size:
-                    warnings.warn(f"random: n={n} > K={size} candidates; returning {size}", stacklevel=3)
+                    warnings.warn(f"random: n={n} > K={size} candidates; returning {size}", stacklevel=4)
                 rng = np.random.default_rng(seeds[p])
                 picks.append(rng.choice(size, size=min(n, size), replace=False).astype(np.int64))
             else:
@@ -390,14 +412,16 @@ def _greedy(kernel: _Kernel, n: int, lam: float, directed: bool) -> np.ndarray:
     rows = np.arange(P)
     C = kernel.cross.copy()  # (P, K, M)
     D = kernel.diag.copy()  # (P, K)
-    U = np.zeros((P, K, n))  # column τ = conditioning factor of pick τ; rows contiguous per candidate
+    U = np.zeros((P, n, K))  # row τ = conditioning factor of pick τ
     picks = np.zeros((P, n), dtype=np.int64)
     scale = kernel.prior if directed else D.max(axis=1)
     invalid = ~kernel.valid if not kernel.valid.all() else None
     single_row = C.shape[2] == 1
     # Kernel-column cache: slot[p, j] = position of k(·, x_j) in cols[p], or -1.
     slot = np.full((P, K), -1, dtype=np.int64)
-    cols = np.zeros((P, 0, K))
+    # At most min(K, n·BLOCK) columns per prompt; zeros() is lazily committed, so the unused part
+    # of this buffer costs no memory.
+    cols = np.zeros((P, min(K, n * BLOCK), K))
     used = np.zeros(P, dtype=np.int64)
     score = np.empty((P, K))
     for t in range(n):
@@ -419,10 +443,10 @@ def _greedy(kernel: _Kernel, n: int, lam: float, directed: bool) -> np.ndarray:
             where = slot[rows, s]
         column = cols[rows, where]  # (P, K): k(x_j, s), a fresh copy
         if t:  # condition the base column on the earlier picks
-            column -= np.matmul(U[:, :, :t], U[rows, s, :t][:, :, None])[:, :, 0]
+            column -= np.matmul(U[rows, :t, s][:, None, :], U[:, :t])[:, 0]
         inv_sd = 1.0 / np.sqrt(D[rows, s] + lam)  # 1/sqrt(k_t(s, s) + λ′)
         column *= inv_sd[:, None]
-        U[:, :, t] = column
+        U[:, t] = column
         v = C[rows, s] * inv_sd[:, None]  # (P, M), read before C changes
         if single_row:
             C[:, :, 0] -= column * v
@@ -433,19 +457,71 @@ def _greedy(kernel: _Kernel, n: int, lam: float, directed: bool) -> np.ndarray:
     return picks
 
 
+def _greedy_single(kernel: _Kernel, n: int, lam: float, directed: bool) -> np.ndarray:
+    """``_greedy`` for one prompt, on 1-D arrays: the same arithmetic with fewer, cheaper numpy calls.
+
+    (At K=1000 a step is ~15 vector operations, so per-call overhead is a real share of the time.)
+    ``select_batch`` runs ``_greedy``; tests check that both give the same picks.
+    """
+    K = kernel.valid.shape[1]
+    C = kernel.cross[0]  # (K, M)
+    c = C[:, 0].copy() if C.shape[1] == 1 else None  # one query row: keep a flat vector
+    C = C.copy()
+    d_lam = kernel.diag[0] + lam  # k_t(x, x) + λ′, kept shifted: it is only ever used so
+    U = np.empty((n, K))  # row τ = conditioning factor of pick τ
+    picks = np.empty(n, dtype=np.int64)
+    scale = float(kernel.prior[0]) if directed else float(kernel.diag[0].max())
+    slot = np.full(K, -1, dtype=np.int64)  # row of k(·, x_j) in cols, or -1
+    cols = np.empty((min(K, 4 * BLOCK), K))
+    used = 0
+    score = np.empty(K)
+    for t in range(n):
+        if directed:
+            if c is not None:
+                np.multiply(c, c, out=score)
+            else:
+                np.einsum("km,km->k", C, C, out=score)
+            score /= d_lam
+        else:
+            np.subtract(d_lam, lam, out=score)
+        best = score.max()
+        s = int(np.argmax(score >= best - (TIE_RTOL * abs(best) + TIE_ATOL * scale)))
+        if slot[s] < 0:  # the pick + the best-scoring candidates without a column
+            width = min(BLOCK, n - t, K - used)
+            ranked = np.where(slot < 0, score, -np.inf)
+            ranked[s] = np.inf
+            block = np.argpartition(ranked, K - width)[K - width :]
+            if used + width > len(cols):
+                cols = np.concatenate([cols[:used], np.empty((min(K, 2 * len(cols) + width), K))])
+            cols[used : used + width] = kernel.columns(np.zeros(1, dtype=np.int64), block[None])[0]
+            slot[block] = np.arange(used, used + width)
+            used += width
+        column = U[t]
+        if t:
+            np.subtract(cols[slot[s]], U[:t, s] @ U[:t], out=column)
+        else:
+            column[:] = cols[slot[s]]
+        inv_sd = 1.0 / math.sqrt(d_lam[s])
+        column *= inv_sd
+        if c is not None:
+            c -= (c[s] * inv_sd) * column
+        else:
+            C -= np.outer(column, C[s] * inv_sd)
+        d_lam -= column * column
+        picks[t] = s
+    return picks
+
+
 def _fill_columns(kernel, prompts, picks, score, slot, cols, used, width):
     """Compute kernel columns for each prompt that misses its pick: the pick + the best-scoring uncached."""
     ranked = score[prompts].copy()
-    ranked[slot[prompts] >= 0] = -np.inf
+    uncached = (slot[prompts] < 0) & kernel.valid[prompts]
+    ranked[~uncached] = -np.inf
+    width = min(width, int(uncached.sum(axis=1).min()))  # never recompute a cached column
     ranked[np.arange(len(prompts)), picks[prompts]] = np.inf  # the pick itself always comes first
     block = np.argpartition(-ranked, width - 1, axis=1)[:, :width] if width < ranked.shape[1] else \
         np.tile(np.arange(width), (len(prompts), 1))
     new = kernel.columns(prompts, block)  # (len, width, K)
-    need = int((used[prompts] + width).max())
-    if need > cols.shape[1]:  # grow the cache for everyone
-        grown = np.zeros((cols.shape[0], max(need, 2 * cols.shape[1]), cols.shape[2]))
-        grown[:, : cols.shape[1]] = cols
-        cols = grown
     positions = used[prompts][:, None] + np.arange(width)[None, :]
     cols[prompts[:, None], positions] = new
     slot[prompts[:, None], block] = positions
@@ -471,7 +547,7 @@ def _nearest(kernel: _Kernel, p: int, n: int, method: str, dedup_threshold: floa
     order = np.argsort(-score, kind="stable")
     if method == "nn":
         if n > size:
-            warnings.warn(f"nn: n={n} > K={size} candidates; returning {size}", stacklevel=4)
+            warnings.warn(f"nn: n={n} > K={size} candidates; returning {size}", stacklevel=5)
         return order[:n]
     norms = np.sqrt(kernel.diag[p, :size])
     unit = x / np.where(norms > 0, norms, 1.0)[:, None]
@@ -487,7 +563,7 @@ def _nearest(kernel: _Kernel, p: int, n: int, method: str, dedup_threshold: floa
         blocked |= unit @ unit[j] > dedup_threshold
     if len(kept) < n:
         warnings.warn(f"nn-f: only {len(kept)} candidates are not near-duplicates (cosine > "
-                      f"{dedup_threshold}) of each other; returning {len(kept)} < n={n}", stacklevel=4)
+                      f"{dedup_threshold}) of each other; returning {len(kept)} < n={n}", stacklevel=5)
     return np.array(kept, dtype=np.int64)
 
 

@@ -268,6 +268,18 @@ def test_batch_equals_one_by_one(method):
         assert sel.stop == one.stop
 
 
+@pytest.mark.parametrize("group, small_bytes", [(3, 2**30), (64, 0)])
+def test_batch_grouping_does_not_change_picks(monkeypatch, group, small_bytes):
+    # groups of 3 prompts (several groups, the last one short), or every prompt on its own
+    monkeypatch.setattr(select_module, "GROUP", group)
+    monkeypatch.setattr(select_module, "SMALL_SET_BYTES", small_bytes)
+    rng = np.random.default_rng(34)
+    xs = [rng.standard_normal((k, 8)) for k in (30, 50, 20, 50, 41, 9, 50)]
+    qs = [rng.standard_normal(8) for _ in xs]
+    for sel, q, x in zip(sift.select_batch(qs, xs, 20, lam=0.05), qs, xs):
+        assert sel.indices.tolist() == brute_force_sift(q, x, 20, 0.05)
+
+
 def test_batch_accepts_stacked_arrays_and_tensors():
     rng = np.random.default_rng(31)
     x = rng.standard_normal((5, 60, 16)).astype(np.float32)
