@@ -161,7 +161,13 @@ def main() -> None:
                   f"{row['speedup']:>6.0f}x {row['speedup_wall']:>6.0f}x {row['identical_picks']:>10.3f} "
                   f"{row['batch_prompts_per_s']:>10.1f} {row['one_by_one_prompts_per_s']:>10.1f}"
                   + ("" if row["batch_equals_one_by_one"] else "  BATCH PICKS DIFFER"), flush=True)
+    headline = next(r for r in rows if r["K"] == 1000 and r["d"] == 1024)
+    target_met = headline["speedup"] >= 150 and headline["identical_picks"] == 1.0
+    print(f"target (identical picks, >= 150x at K=1000, d=1024): {'met' if target_met else 'NOT met'} "
+          f"({headline['speedup']:.0f}x, {headline['identical_picks']:.0%} identical)")
     result = {
+        "target": "identical picks and >= 150x faster than activeft at K=1000, d=1024",
+        "target_met": bool(target_met),
         "benchmark": "sift.select vs activeft 0.1.1 Retriever (exact VTL, also_query_opposite=False)",
         "command": " ".join([sys.executable, *sys.argv]),
         "threads": 1,

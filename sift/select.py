@@ -18,11 +18,15 @@ picks instead of one matrix-vector product per pick): the block holds the pick p
 with the largest current gains, the ones most likely to be picked next. Speculation only decides
 which exact columns are computed early; it never changes a pick.
 
+Cost: each kernel-column block streams the K×d candidates (float64) once, so at K=1000, d=1024 the
+greedy is bound by memory traffic, not by the N·K·d multiply-adds (benchmarks/select.py).
+
 Numerics: inner products and all updates are float64 (float32 embeddings are exact in float64).
 Exact ties are real here: duplicate candidates (and x versus −x) have identical gains, but rounding
-can make the computed gains differ in the last bits. So every argmax in this file is tolerance-aware:
-among candidates whose score is within ``TIE_RTOL``·best + ``TIE_ATOL``·scale of the best, the lowest
-index wins. The tolerance is far above float64 rounding (~1e-15 relative) and far below any real gap.
+can make the computed gains differ in the last bits. So the greedy argmax (SIFT, US) is
+tolerance-aware: among candidates whose score is within ``TIE_RTOL``·best + ``TIE_ATOL``·scale of the
+best, the lowest index wins. The tolerance is far above float64 rounding (~1e-15 relative) and far
+below any real gap. Nearest neighbours give byte-identical rows one shared score instead.
 """
 
 from __future__ import annotations
@@ -41,18 +45,19 @@ DEFAULT_DEDUP_THRESHOLD = 0.99  # nn-f: cosine above this counts as a near-dupli
 TIE_RTOL = 1e-9  # scores within this fraction of the best one tie (then the lowest index wins)
 TIE_ATOL = 1e-15  # ... or within this fraction of the prior variance (all-zero gains tie exactly)
 
-# Speculative kernel-column blocks: a product of X with B columns costs about as much as ~10
-# matrix-vector products plus B/10 more, so computing a few extra likely columns is cheap.
 # select_batch on CPU: a candidate set up to this size (float64) stays in a core's cache, the greedy
 # is bound by per-step overhead and prompts are vectorised in groups of up to GROUP; a larger set
 # is bound by streaming X from memory, and interleaving prompts would only evict each other's X,
 # so those run one at a time (measured: benchmarks/select.py).
 SMALL_SET_BYTES = 2 * 2**20
 GROUP = 64
+# Speculative kernel-column blocks: X @ [16 columns] costs less than two matrix-vector products at
+# K=1000, d=1024 (streaming X dominates), and the next few picks are usually among the 16
+# best-scoring candidates, so a miss computes this many columns at once.
 BLOCK = 16  # columns per block: the pick + the (BLOCK - 1) best-scoring candidates without a column
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq would compare numpy arrays elementwise: ambiguous
 class Selection:
     """What one selection chose for one prompt.
 
@@ -322,6 +327,9 @@ class _Kernel:
         # out. One product per prompt: gathering the prompts' X for one batched product would copy
         # every X_p, which costs as much as the products.
         r = torch.as_tensor(rows, device=self.x.device)
+        if len(prompts) == 1:  # the single-prompt loop: skip the stacking (it matters at small K)
+            xp = self.x[int(prompts[0])]
+            return (xp @ xp[r[0]].T).cpu().numpy().T[None]
         out = [self.x[p] @ self.x[p, r[i]].T for i, p in enumerate(prompts.tolist())]
         return torch.stack(out).cpu().numpy().transpose(0, 2, 1)
 
@@ -374,11 +382,12 @@ def _select_group(queries, candidates, n, method, lam, alpha, seeds, dedup_thres
     kernel = _Kernel(queries, candidates)
     if method in ("sift", "us"):
         if len(candidates) == 1:  # the common case gets a loop without per-prompt indexing
-            picks = [_greedy_single(kernel, n, lam, directed=(method == "sift"))]
+            picks, drops = _greedy_single(kernel, n, lam, directed=(method == "sift"))
+            picks, drops = [picks], [drops]
         else:
-            picks = list(_greedy(kernel, n, lam, directed=(method == "sift")))
+            picks, drops = _greedy(kernel, n, lam, directed=(method == "sift"))
     else:
-        picks = []
+        picks, drops = [], None
         for p in range(len(candidates)):
             size = int(kernel.sizes[p])
             if method == "random":
@@ -391,7 +400,11 @@ def _select_group(queries, candidates, n, method, lam, alpha, seeds, dedup_thres
     out = []
     for p, idx in enumerate(picks):
         idx = np.asarray(idx, dtype=np.int64)
-        variances = _variance_path(kernel, p, idx, lam)
+        if drops is None:
+            variances = _variance_path(kernel, p, idx, lam)
+        else:  # the greedy already has σ²_t − σ²_{t+1} = ||k_t(x*, s_t)||² / (k_t(s_t, s_t) + λ′)
+            steps = np.concatenate([[0.0], np.cumsum(drops[p])])
+            variances = np.maximum(float(kernel.prior[p]) - steps, 0.0)
         out.append(Selection(idx, variances, stop_index(variances, alpha), method, lam, alpha))
     return out
 
@@ -400,8 +413,9 @@ def _select_group(queries, candidates, n, method, lam, alpha, seeds, dedup_thres
 # SIFT and uncertainty sampling: exact greedy with rank-one updates, all prompts in lockstep.
 
 
-def _greedy(kernel: _Kernel, n: int, lam: float, directed: bool) -> np.ndarray:
-    """Picks (P, n) of greedy SIFT (``directed``) or uncertainty sampling, exact.
+def _greedy(kernel: _Kernel, n: int, lam: float, directed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Picks (P, n) of greedy SIFT (``directed``) or uncertainty sampling, exact, and the variance
+    drop σ²_t − σ²_{t+1} of each pick (P, n).
 
     State per prompt, after t picks: C = k_t(x_j, x*) (K, m), D = k_t(x_j, x_j) (K,), and the
     conditioning factors U[:, τ] = k_τ(x, s_τ)/sqrt(k_τ(s_τ, s_τ) + λ′), so that
@@ -414,6 +428,7 @@ def _greedy(kernel: _Kernel, n: int, lam: float, directed: bool) -> np.ndarray:
     D = kernel.diag.copy()  # (P, K)
     U = np.zeros((P, n, K))  # row τ = conditioning factor of pick τ
     picks = np.zeros((P, n), dtype=np.int64)
+    drops = np.zeros((P, n))
     scale = kernel.prior if directed else D.max(axis=1)
     invalid = ~kernel.valid if not kernel.valid.all() else None
     single_row = C.shape[2] == 1
@@ -448,16 +463,17 @@ def _greedy(kernel: _Kernel, n: int, lam: float, directed: bool) -> np.ndarray:
         column *= inv_sd[:, None]
         U[:, t] = column
         v = C[rows, s] * inv_sd[:, None]  # (P, M), read before C changes
+        drops[:, t] = np.einsum("pm,pm->p", v, v)
         if single_row:
             C[:, :, 0] -= column * v
         else:
             C -= column[:, :, None] * v[:, None, :]
         D -= np.square(column, out=column)  # column is no longer needed after this
         picks[:, t] = s
-    return picks
+    return picks, drops
 
 
-def _greedy_single(kernel: _Kernel, n: int, lam: float, directed: bool) -> np.ndarray:
+def _greedy_single(kernel: _Kernel, n: int, lam: float, directed: bool) -> tuple[np.ndarray, np.ndarray]:
     """``_greedy`` for one prompt, on 1-D arrays: the same arithmetic with fewer, cheaper numpy calls.
 
     (At K=1000 a step is ~15 vector operations, so per-call overhead is a real share of the time.)
@@ -470,6 +486,7 @@ def _greedy_single(kernel: _Kernel, n: int, lam: float, directed: bool) -> np.nd
     d_lam = kernel.diag[0] + lam  # k_t(x, x) + λ′, kept shifted: it is only ever used so
     U = np.empty((n, K))  # row τ = conditioning factor of pick τ
     picks = np.empty(n, dtype=np.int64)
+    drops = np.empty(n)
     scale = float(kernel.prior[0]) if directed else float(kernel.diag[0].max())
     slot = np.full(K, -1, dtype=np.int64)  # row of k(·, x_j) in cols, or -1
     cols = np.empty((min(K, 4 * BLOCK), K))
@@ -504,12 +521,16 @@ def _greedy_single(kernel: _Kernel, n: int, lam: float, directed: bool) -> np.nd
         inv_sd = 1.0 / math.sqrt(d_lam[s])
         column *= inv_sd
         if c is not None:
-            c -= (c[s] * inv_sd) * column
+            v = c[s] * inv_sd
+            drops[t] = v * v
+            c -= v * column
         else:
-            C -= np.outer(column, C[s] * inv_sd)
+            v = C[s] * inv_sd
+            drops[t] = v @ v
+            C -= np.outer(column, v)
         d_lam -= column * column
         picks[t] = s
-    return picks
+    return picks, drops
 
 
 def _fill_columns(kernel, prompts, picks, score, slot, cols, used, width):
