@@ -2,6 +2,8 @@
 # Run the whole test suite (slow tests included). pytest's exit 5 ("no tests collected") is a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The MLflow UI end-to-end test drives Debian's chromium; install it once if missing (idempotent).
+bash scripts/ensure-chromium.sh
 .venv/bin/python -m pytest "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then

@@ -55,6 +55,11 @@ def metric_key(*parts: Any) -> str:
     return "/".join(re.sub(r"[^A-Za-z0-9_\-. :]", "_", str(p)) for p in parts)
 
 
+def clean_key(key: str) -> str:
+    """``key`` with every character MLflow refuses (allowed: ``[A-Za-z0-9_-. :/]``) replaced by "_"."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", str(key))
+
+
 def _param_value(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         text = json.dumps(value, default=str)
@@ -75,7 +80,7 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping) and value:
             flat.update(_flatten(value, name + "."))
         else:
-            flat[metric_key(name)] = _param_value(value)
+            flat[clean_key(name)] = _param_value(value)
     return flat
 
 
@@ -279,7 +284,7 @@ class MlflowLogger:
         value it is a ``ValueError`` (MLflow params are immutable)."""
         from mlflow.entities import Param
 
-        flat = {metric_key(k): _param_value(v) for k, v in params.items()}
+        flat = {clean_key(k): _param_value(v) for k, v in params.items()}
         with self._lock:
             self._check_open()
             for key, value in flat.items():
@@ -291,11 +296,11 @@ class MlflowLogger:
                 self._params.update(new)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Log metrics on the parent run (keys sanitised with ``metric_key``; non-finite values skipped)."""
+        """Log metrics on the parent run (keys sanitised with ``clean_key``; non-finite values skipped)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()
+        batch = [Metric(clean_key(k), float(v), now, step) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
         with self._lock:
             self._check_open()
@@ -355,9 +360,9 @@ class MlflowLogger:
         with self._child(run_name, {k: str(v) for k, v in (tags or {}).items()}) as child_id:
             self.client.log_batch(
                 child_id,
-                metrics=[Metric(metric_key(k), float(v), now, 0) for k, v in (metrics or {}).items()
+                metrics=[Metric(clean_key(k), float(v), now, 0) for k, v in (metrics or {}).items()
                          if v is not None and math.isfinite(float(v))],
-                params=[Param(metric_key(k), _param_value(v)) for k, v in (params or {}).items()],
+                params=[Param(clean_key(k), _param_value(v)) for k, v in (params or {}).items()],
             )
         return child_id
 
@@ -430,12 +435,22 @@ def run_params(config: Any = None, params: Mapping[str, Any] | None = None) -> d
     """The parent run's params: the flattened config, the caller's extras (fingerprints, model and
     embedder ids), package versions and ``git_commit``/``git_dirty`` when running from a checkout."""
     out = _flatten(config) if config is not None else {}
-    out.update({metric_key(k): _param_value(v) for k, v in (params or {}).items()})
+    out.update({clean_key(k): _param_value(v) for k, v in (params or {}).items()})
     out.update(package_versions())
     commit = git_commit()
     if commit is not None:
         out["git_commit"], out["git_dirty"] = commit[0], str(commit[1])
     return out
+
+
+def _user() -> str:
+    """The login name for the run's "Created by" (MLflow's fluent API sets it; the client does not)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 @contextlib.contextmanager
@@ -454,13 +469,14 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
         yield NullLogger()
         return
     from mlflow import MlflowClient
-    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_USER
 
     uri = check_reachable(tracking_uri or default_tracking_uri(), timeout=reachability_timeout)
     experiment_id = get_or_create_experiment(experiment, uri)
     client = MlflowClient(tracking_uri=uri)
     all_params = run_params(config, params)
-    run_tags = {MLFLOW_SOURCE_NAME: "sift-ttft", **{k: str(v) for k, v in (tags or {}).items()}}
+    run_tags = {MLFLOW_SOURCE_NAME: "sift-ttft", MLFLOW_USER: _user(),
+                **{k: str(v) for k, v in (tags or {}).items()}}
     if "git_commit" in all_params:
         run_tags[MLFLOW_GIT_COMMIT] = all_params["git_commit"]
     run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)

@@ -207,7 +207,7 @@ def plot_landscape(params: Sequence[dict[str, Any]], values: Sequence[float], x:
         sc = ax.scatter(xs, ys_drawn, c=vals, cmap="viridis_r", s=60, edgecolors="black", linewidths=0.4)
         if not all(has_y):
             ax.axhline(floor * 1.6, color="gray", lw=0.6, ls="--")
-            ax.annotate(f"{y} = None", (0.99, floor * 1.25), xycoords=("axes fraction", "data"), fontsize=8,
+            ax.annotate("α = None (never stop)" if y == "alpha" else f"{y} = None", (0.99, floor * 1.25), xycoords=("axes fraction", "data"), fontsize=8,
                         color="dimgray", ha="right", va="bottom", bbox={"fc": "white", "ec": "none", "alpha": 0.8})
         best_y = best_params.get(y)
         ax.scatter([float(best_params[x])], [float(best_y) if best_y is not None else floor], marker="*", s=320,

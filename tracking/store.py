@@ -104,12 +104,19 @@ def _folder_name(experiment: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("._") or "experiment"
 
 
+# MLflow 3's UI opens experiments in its GenAI (traces) view unless the experiment says it holds
+# model-training runs; ours do, so the runs table, metrics charts and artifacts are what users see.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
     """Return the id of experiment ``name``, creating it (or restoring a deleted one) if needed.
 
     Local stores get an explicit artifact location ``<artifact_root>/<name>`` (without one, MLflow
     writes to ``./mlruns`` in whatever folder the process runs). An ``http(s)`` server picks its own
     location (``--artifacts-destination``): a local path of this machine would mean nothing there.
+    The experiment is tagged ``mlflow.experimentKind=custom_model_development`` (model-training view).
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -122,10 +129,13 @@ def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        if EXPERIMENT_KIND_TAG not in found.tags:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
     location = None if is_remote(uri) else (artifact_root() / _folder_name(name)).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:
         # Another process created it between our lookup and create: use theirs.
         found = client.get_experiment_by_name(name)
