@@ -31,6 +31,7 @@ from flows.tasks import (
 )
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 from sift.env import state_dir
 
 
@@ -73,12 +74,14 @@ def _existing_manifest(out: Path, build_key: str) -> dict | None:
     return manifest if manifest.get("build_key") == build_key and (out / "index.faiss").is_file() else None
 
 
-@flow(name="build_index")
+@flow(name="build_index", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def build_index(config: IndexConfig = IndexConfig()) -> dict:
     """Build (or reuse) the index of ``config.corpus`` (empty: the embedded default corpus).
 
-    Returns ``{"path", "fingerprint", "count", "reused"}``. Building on the default corpus also
-    records the index as ``evaluate``'s default (``<state>/indices/default.json``).
+    Returns ``{"path", "fingerprint", "count", "reused", "shards"}`` (``shards``: counts of the embedding
+    tasks' final states, e.g. ``{"Cached": 14, "Completed": 1}``; empty when the index was reused).
+    Building on the default corpus also records the index as ``evaluate``'s default
+    (``<state>/indices/default.json``).
     """
     from flows.runners import current_runner_matches, make_task_runner
 
@@ -117,8 +120,9 @@ def build_index_in_flow(config: IndexConfig) -> dict:
 
     manifest = _existing_manifest(out, build_key)
     reused = manifest is not None
+    shard_states: dict[str, int] = {}
     if manifest is None:
-        manifest = _build(config, chunks, embedder, build_key, documents_fingerprint, report, out)
+        manifest = _build(config, chunks, embedder, build_key, documents_fingerprint, report, out, shard_states)
     if not config.corpus:
         pointer = default_index_pointer()
         pointer.parent.mkdir(parents=True, exist_ok=True)
@@ -126,11 +130,14 @@ def build_index_in_flow(config: IndexConfig) -> dict:
         tmp.write_text(json.dumps({"path": str(out), "fingerprint": manifest["fingerprint"]}))
         os.replace(tmp, pointer)
     logger.info("index %s: %s (%d sequences)", "reused" if reused else "built", out, manifest["count"])
-    return {"path": str(out), "fingerprint": manifest["fingerprint"], "count": int(manifest["count"]), "reused": reused}
+    return {"path": str(out), "fingerprint": manifest["fingerprint"], "count": int(manifest["count"]), "reused": reused,
+            "shards": shard_states}
 
 
-def _build(config: IndexConfig, chunks: dict, embedder, build_key: str, documents_fingerprint: str, report, out: Path) -> dict:
-    """Embed every shard (cached tasks, submitted together) and save the index."""
+def _build(config: IndexConfig, chunks: dict, embedder, build_key: str, documents_fingerprint: str, report, out: Path,
+           shard_states: dict[str, int]) -> dict:
+    """Embed every shard (cached tasks, submitted together), count their final states into
+    ``shard_states``, and save the index."""
     from sift.embed import shard_ranges
 
     logger = get_run_logger()
@@ -145,13 +152,13 @@ def _build(config: IndexConfig, chunks: dict, embedder, build_key: str, document
         )
 
     futures = [submit(a, b) for a, b in ranges]
-    shards, states = [], []
+    shards = []
     for i, ((a, b), future) in enumerate(zip(ranges, futures)):
         shard = future.result()
         if not shard_is_intact(shard):  # cached result but the file is gone: embed it again
             shard = submit(a, b, cached(embed_shard, refresh_cache=True)).result()
         shards.append(shard)
-        states.append(future.state.name)
+        shard_states[future.state.name] = shard_states.get(future.state.name, 0) + 1
         logger.info("embedding: shard %d/%d (sequences %d-%d) %s", i + 1, len(ranges), a, b, future.state.name.lower())
     manifest = {
         "build_key": build_key,

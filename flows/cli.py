@@ -159,9 +159,10 @@ def index(config: IndexConfig) -> None:
 
 @config_command(app, "evaluate", EvaluateConfig, help="Test-time fine-tune per (prompt, method) and measure bits per byte; log to MLflow.")
 def evaluate(config: EvaluateConfig) -> None:
+    from flows.evaluate import check_inputs, print_summary
     from flows.evaluate import evaluate as evaluate_flow
-    from flows.evaluate import print_summary
 
+    check_inputs(config)  # one clear line now rather than a failed flow run
     summary = _run_flow(evaluate_flow, config)
     print_summary(summary)
 

@@ -14,9 +14,10 @@ from flows.config import DemoConfig, IndexConfig
 from flows.evaluate import evaluate_in_flow, summary_table
 from flows.tasks import default_corpus_dir
 from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
 
-@flow(name="demo")
+@flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def demo(config: DemoConfig = DemoConfig()) -> dict:
     """Run the demo end to end; return the evaluate result plus ``{"index", "seconds"}``."""
     from flows.runners import current_runner_matches, make_task_runner

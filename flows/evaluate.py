@@ -34,6 +34,7 @@ from flows.tasks import (
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
 
 # ------------------------------------------------------------------------------------------- inputs
 
@@ -76,6 +77,12 @@ def load_prompts(config: EvaluateConfig) -> list[dict]:
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} holds no prompt")
     return prompts
+
+
+def check_inputs(config: EvaluateConfig) -> None:
+    """Fail fast, before any flow run starts, on a missing index or prompts file (``ValueError``)."""
+    load_prompts(config)
+    resolve_index(config)
 
 
 def limit_prompts(prompts: list[dict], limit: Optional[int]) -> list[dict]:
@@ -260,7 +267,7 @@ def run_evaluation(
     return rows
 
 
-@flow(name="evaluate-prompts")
+@flow(name="evaluate-prompts", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def _evaluate_subflow(config: EvaluateConfig, prompts: list[dict]) -> tuple[list[dict], dict]:
     """The per-prompt work as its own flow, for a caller whose task runner is not the configured one."""
     stats = EvaluationStats()
@@ -277,7 +284,7 @@ def summarize_task(rows: list[dict], tracker) -> dict:
     return tracker.log_summary(rows)
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def evaluate(config: EvaluateConfig = EvaluateConfig()) -> dict:
     """Evaluate ``config.method`` on the prompts; log to MLflow; return ``{"summary", "rows", "stats",
     "mlflow_run_id"}`` (``rows`` also written to ``config.out`` as JSONL when set)."""

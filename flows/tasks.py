@@ -115,9 +115,22 @@ def to_jsonable(obj: Any) -> Any:
 
 # ------------------------------------------------------------------------- per-process model caches
 _LOCK = threading.Lock()
+# Fast tokenizers are not safe to call from two threads at once (padding/truncation state is shared):
+# every encode through a cached embedder holds this lock (tuning with --jobs > 1 runs trials in threads).
+_ENCODE_LOCK = threading.Lock()
 _MODELS: dict[tuple[str, str], tuple[Any, Any, threading.Lock]] = {}
 _EMBEDDERS: dict[str, Any] = {}
 _INDICES: dict[tuple[str, str], Any] = {}
+
+
+def locked_call(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` under the process-wide encode lock.
+
+    A helper rather than ``with _ENCODE_LOCK`` inside the tasks: Dask ships a task's function by
+    value together with the globals it names, and a lock cannot be pickled.
+    """
+    with _ENCODE_LOCK:
+        return fn(*args, **kwargs)
 
 
 def load_model(model: Optional[str]) -> tuple[Any, Any, threading.Lock]:
@@ -270,7 +283,7 @@ def embed_shard(
     emb = load_embedder(embedder, batch_size)
     if emb.id != embedder_id:
         raise ValueError(f"embedder {embedder!r} now has id {emb.id}, expected {embedder_id}: rerun the flow")
-    path = embed_shard_to_disk(emb, list(texts), out_dir, index=start)
+    path = locked_call(embed_shard_to_disk, emb, list(texts), out_dir, index=start)
     return {"path": str(path), "rows": end - start, "dim": emb.dim}
 
 
@@ -331,7 +344,7 @@ def select_task(
     index = load_corpus_index(index_dir, index_fingerprint)
     query, _, _ = split_for(prompt, cfg, model)
     t = time.perf_counter()
-    query_emb = np.asarray(index_embedder(index_dir).encode([query]), dtype=np.float32)[0]
+    query_emb = np.asarray(locked_call(index_embedder(index_dir).encode, [query]), dtype=np.float32)[0]
     seconds_embed = time.perf_counter() - t
     exclude = {str(v) for v in (prompt.get("id"), prompt.get("doc_id")) if v is not None}
     selection = to_jsonable(choose_training_data(query_emb, index, cfg, exclude))
