@@ -1,8 +1,8 @@
-"""Aggregation of result rows for the tracking layer: means, bootstrap intervals, paired differences.
+"""Aggregation of result rows for the tracking layer: means with intervals per method and domain.
 
-A private stand-in for ``sift.report`` (the library's aggregation, written by another part of the
-project): it works on the plain ``PromptResult.to_json()`` dicts so that tracking does not wait for
-that module. Swap the body for ``sift.report`` calls once they agree on the same numbers.
+Paired differences and Spearman ρ come from ``sift.report`` (one set of numbers for flows, benchmarks
+and MLflow); what it does not offer — a bootstrap interval for each group's mean, and the grouping
+into the JSON/CSV summary the parent run records — lives here. Works on ``PromptResult.to_json()`` dicts.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sift.report import paired_bootstrap
 from tracking.plots import final_uncertainty, spearman
 
 
@@ -83,7 +84,8 @@ def summarize(rows: Sequence[dict[str, Any]], n_boot: int = 2000, seed: int = 0)
       mean steps, tokens, flops, seconds_total, uncertainty_final (σ_N), stopped_early (fraction) and
       Spearman ρ of σ_N against bpb_after and against the gain;
     - ``paired``: per pair of methods (a, b), the mean over shared prompts of bpb_after(a) − bpb_after(b)
-      with a paired bootstrap interval (resampling prompts, so per-prompt difficulty cancels).
+      with a paired bootstrap interval (``sift.report.paired_bootstrap``: resampling prompts, so
+      per-prompt difficulty cancels), and whether the interval excludes zero.
     """
     rows = [dict(r) for r in rows]
     if not rows:
@@ -103,13 +105,12 @@ def summarize(rows: Sequence[dict[str, Any]], n_boot: int = 2000, seed: int = 0)
                 groups.append(_group(part, method, domain, n_boot, seed))
         groups.append(_group(mine, method, "all", n_boot, seed))
     paired = []
-    after = {(str(r["method"]), str(r["prompt_id"])): float(r["bpb_after"]) for r in rows}
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
-            shared = [p for (m, p) in after if m == a and (b, p) in after]
-            diffs = [after[(a, p)] - after[(b, p)] for p in shared]
-            mean, lo, hi = bootstrap_mean(diffs, n_boot, seed=seed)
-            paired.append({"method_a": a, "method_b": b, "metric": "bpb_after", "count": len(diffs),
-                           "mean_diff": mean, "lo": lo, "hi": hi})
+            # Resampling prompts, not rows: each prompt's difficulty cancels in a − b.
+            pb = paired_bootstrap(rows, a, b, "bpb_after", n_resamples=n_boot, seed=seed)
+            paired.append({"method_a": a, "method_b": b, "metric": "bpb_after", "count": pb["n"],
+                           "mean_diff": pb["mean_diff"], "lo": pb["low"], "hi": pb["high"],
+                           "excludes_zero": pb["excludes_zero"]})
     return {"methods": methods, "domains": domains, "prompts": len({str(r["prompt_id"]) for r in rows}),
             "groups": groups, "paired": paired}

@@ -17,7 +17,8 @@ matplotlib.use("Agg")  # headless: flows run on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
+
+from sift.report import spearman as _report_spearman  # noqa: E402
 
 # One fixed colour per method, so every plot of a run tells methods apart the same way.
 METHOD_COLORS = {
@@ -44,13 +45,11 @@ def final_uncertainty(row: dict[str, Any]) -> float | None:
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation ρ (ties get average ranks); NaN for < 3 points or a constant side."""
+    """Spearman's ρ (``sift.report.spearman``: average ranks for ties) over the pairs where both values
+    are finite; NaN for < 3 such pairs or a constant side."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
+    return _report_spearman(x[keep], y[keep])["rho"]
 
 
 def _methods_in_order(rows: Sequence[dict[str, Any]]) -> list[str]:
