@@ -117,9 +117,9 @@ class Embedder:
         out = np.empty((n, self.dim), dtype=np.float32)
         if n == 0:
             return out
-        # Sort by token length so each batch pads only to its own longest text.
-        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")[::-1]
+        # Sort by length so each batch pads only to its own longest text. Character length is a
+        # good enough proxy and avoids tokenizing everything twice.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
         bar = tqdm(total=n, desc="embedding", unit="seq", disable=not progress, leave=False)
         for start in range(0, n, self.batch_size):
             rows = order[start : start + self.batch_size]
