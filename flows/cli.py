@@ -167,17 +167,11 @@ def evaluate(config: EvaluateConfig) -> None:
     print_summary(summary)
 
 
-# --- tune: Optuna over λ′ and α (flows/tune.py). Its command is registered here with the same helper.
-def _tune_command(config: TuneConfig) -> None:
-    from flows import tune as tune_module
+@config_command(app, "tune", TuneConfig, help="Optuna study over SIFT's λ′ and α on a tuning split of the prompts.")
+def tune(config: TuneConfig) -> None:
+    from flows.tune import print_tune_summary, tune_cli
 
-    main = getattr(tune_module, "tune_cli", None)
-    if main is None:
-        raise ValueError("flows/tune.py defines no tune_cli(config); the tune command is not wired up yet")
-    main(config)
-
-
-config_command(app, "tune", TuneConfig, help="Optuna study over SIFT's λ′ and α on a tuning split of the prompts.")(_tune_command)
+    print_tune_summary(tune_cli(config))
 
 
 @app.command("ui")
