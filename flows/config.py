@@ -132,7 +132,12 @@ class TuneConfig(EvaluateConfig):
     """Optuna study over λ′ and α (``sift-ttft tune``)."""
 
     method: list[str] = Field(default_factory=lambda: ["sift"], description="Tuning always evaluates SIFT.")
-    trials: int = Field(20, ge=1, description="Trials to run (in this process; several processes may share a study).")
+    out: Optional[Path] = Field(
+        None, description="Also write the best {'lam', 'alpha'} here (always: <state>/optuna/<study>/best.json)."
+    )
+    trials: int = Field(
+        20, ge=1, description="Trials this process runs (workers sharing a study each run theirs: 2 × 5 → 10)."
+    )
     study: str = Field("sift-ttft", description="Optuna study name; an existing study resumes.")
     storage: Optional[str] = Field(None, description="Optuna RDB URL; default: sqlite in the state folder.")
     objective: Literal["bpb", "bpb+compute"] = Field("bpb", description="Minimise bits per byte, or bpb + W × mean steps.")
