@@ -499,7 +499,7 @@ def _log_tuning(run_logger, study: optuna.Study, summary: dict[str, Any], split:
 # The flow
 
 
-@flow(name="tune", log_prints=True)
+@flow(name="tune")
 def tune(config: TuneConfig) -> dict[str, Any]:
     """Run ``config.trials`` trials of the study ``config.study`` in this process; return a summary.
 
@@ -577,10 +577,31 @@ def tune(config: TuneConfig) -> dict[str, Any]:
         }
         _log_tuning(run_logger, study, summary, split)
 
-    print(f"best λ′/α: {best} (objective {best_value:.4f}) → {best_json}")
-    print(f"dashboard: optuna-dashboard {storage_url} --host 127.0.0.1")
-    print(f"report: sift-ttft evaluate --prompts {out_dir / 'report_prompts.jsonl'} --params {best_json}")
+    logger.info("best %s (objective %.4f) → %s; trials %s", best, best_value, best_json, counts)
     return summary
+
+
+def print_tune_summary(summary: dict[str, Any]) -> None:
+    """Print the best point, where it was written, and the next commands (dashboard, final report)."""
+    from rich.console import Console
+
+    console = Console()
+    trials = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["trials"].items()))
+    console.print(f"study {summary['study']!r}: {trials} ({summary['objective']} objective)")
+    if summary["best_params"] is None:
+        console.print("no trial completed yet: no best point.")
+        return
+    console.print(f"best λ′/α: {summary['best_params']} → objective {summary['best_value']:.4f}")
+    out_dir = Path(summary["best_json"]).parent
+    console.print(f"written to {summary['best_json']}", soft_wrap=True)
+    console.print(f"dashboard: optuna-dashboard {summary['storage']} --host 127.0.0.1", soft_wrap=True)
+    console.print(
+        f"final report on the held-out prompts: sift-ttft evaluate --prompts {out_dir / 'report_prompts.jsonl'} "
+        f"--params {summary['best_json']}",
+        soft_wrap=True,
+    )
+    if summary.get("parent_run_id"):
+        console.print(f"MLflow run {summary['parent_run_id']} (one child run per trial): `sift-ttft ui`.")
 
 
 def preflight(config: TuneConfig) -> None:
