@@ -91,21 +91,28 @@ def study_dir(study_name: str) -> Path:
     return path
 
 
-def open_storage(url: Optional[str] = None, heartbeat: bool = True) -> RDBStorage:
+def open_storage(
+    url: Optional[str] = None,
+    heartbeat: bool = True,
+    heartbeat_seconds: int = HEARTBEAT_SECONDS,
+    grace_seconds: int = GRACE_SECONDS,
+) -> RDBStorage:
     """Open (creating its tables if needed) the Optuna RDB storage at ``url`` (default: the state folder).
 
     sqlite gets a 60 s busy timeout so parallel workers wait for each other's writes instead of
-    failing with "database is locked". With ``heartbeat``, trials of a crashed process are failed
-    after ``GRACE_SECONDS`` and re-queued once. Raises ``ValueError`` naming ``storage`` when the URL
-    cannot be parsed, its driver is missing, or the database cannot be opened.
+    failing with "database is locked". With ``heartbeat``, a running trial writes a heartbeat every
+    ``heartbeat_seconds``; when a worker starts a trial, trials silent for ``grace_seconds`` (their
+    process died) are marked FAIL and re-queued once with the same parameters. Raises ``ValueError``
+    naming ``storage`` when the URL cannot be parsed, its driver is missing, or the database cannot
+    be opened.
     """
     url = url or default_storage_url()
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     extra: dict[str, Any] = {}
     if heartbeat:
         extra = dict(
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
+            heartbeat_interval=heartbeat_seconds,
+            grace_period=grace_seconds,
             heartbeat_stale_trial_callback=_retry_stale_trials(),
         )
     for attempt in range(3):

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -256,7 +257,8 @@ def test_tune_flow_logs_trials_writes_best_and_reuses_cached_work(
     monkeypatch.setenv("SIFT_HOME", str(tmp_path / "state"))  # own storage and result caches
     index_before = _snapshot(tiny_index)
     out = tmp_path / "best-out.json"
-    config = _tune_config(tiny_index, tiny_prompts_file, tiny_lm_dir, out=out)
+    # jobs=2: both trials run at once in Optuna's threads, inside this flow's context.
+    config = _tune_config(tiny_index, tiny_prompts_file, tiny_lm_dir, out=out, jobs=2)
     first = tune(config)
 
     # Storage: the state folder's sqlite, four slashes.
@@ -294,7 +296,7 @@ def test_tune_flow_logs_trials_writes_best_and_reuses_cached_work(
 
     # Resume by name; a point that was evaluated before is served from the task cache.
     study.enqueue_trial({"lam": 0.1, "stopping": "never"})
-    second = tune(config.model_copy(update={"trials": 1}))
+    second = tune(config.model_copy(update={"trials": 1, "jobs": 1}))
     assert sum(second["trials"].values()) == 3
     repeat = optuna.load_study(storage=storage, study_name="tiny").trials[2]
     assert repeat.params == trials[0].params
@@ -344,3 +346,42 @@ def test_two_worker_processes_share_one_study_without_losing_or_repeating_trials
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 2 and all(r.info.status == "FINISHED" for r in parents)
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_killed_workers_trial_is_requeued_with_its_parameters(tmp_path):
+    """kill -9 a worker mid-trial: the next worker fails the silent trial and reruns its point."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_storage(url, heartbeat_seconds=1, grace_seconds=2)
+    optuna.create_study(storage=storage, study_name="crash")
+    started = tmp_path / "started"
+    code = (
+        "import sys, time, pathlib, optuna\n"
+        "from flows.tune import open_storage\n"
+        "storage = open_storage(sys.argv[1], heartbeat_seconds=1, grace_seconds=2)\n"
+        "study = optuna.load_study(storage=storage, study_name='crash')\n"
+        "def hang(trial):\n"
+        "    trial.suggest_float('lam', 1e-3, 10, log=True)\n"
+        "    pathlib.Path(sys.argv[2]).touch()\n"
+        "    time.sleep(600)\n"
+        "study.optimize(hang, n_trials=1)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code, url, str(started)], cwd=REPO)
+    try:
+        for _ in range(600):
+            if started.exists() or worker.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert started.exists(), "the worker never started its trial"
+    finally:
+        worker.kill()
+        worker.wait()
+    lost = optuna.load_study(storage=storage, study_name="crash").trials[0]
+    assert lost.state.name == "RUNNING"  # what a crash leaves behind
+
+    time.sleep(3)  # > grace period: the dead worker's heartbeat is stale
+    study = optuna.load_study(storage=storage, study_name="crash")
+    study.optimize(lambda t: t.suggest_float("lam", 1e-3, 10, log=True), n_trials=1)
+    first, retry = study.trials
+    assert first.state.name == "FAIL"
+    assert retry.state.name == "COMPLETE" and retry.params == first.params
