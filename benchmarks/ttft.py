@@ -1,0 +1,420 @@
+"""Benchmark: test-time fine-tuning with SIFT against its baselines, on the embedded default.
+
+What it measures (issue 5, "the science benchmark"), on the default corpus and its held-out prompts
+(prompts taken round-robin across domains), SmolLM2-135M, all-MiniLM-L6-v2:
+- mean bits per byte after fine-tuning for base / nn / nn-f / us / random / sift, per method and per
+  domain, with paired bootstrap 95 % intervals for SIFT − NN and each method − base;
+- the same for nn and sift with every corpus sequence duplicated ×D (the paper's "information
+  duplication": NN spends its steps on copies, SIFT should not), plus unique sequences trained on;
+- Spearman ρ of the final uncertainty σ_N against bits per byte after and against the gain;
+- an α sweep (adaptive stopping): SIFT is trained with a bpb measurement after every step, and since
+  training with α only truncates the same trajectory, bpb at ``stop_index(variances, α)`` is exactly
+  what a run with that α would give; reported as steps saved against bpb lost;
+- speed: SIFT's selection share of a prompt's wall time, reset cost against one training step.
+
+Reference: the base model (no fine-tuning) and NN (Hardt & Sun's TTT-NN), run in this process on
+the same prompts. Every (prompt, method) also re-measures bpb_before; they must agree bit for bit
+across methods (a live check of the exact reset).
+
+Full configuration (hours on 2 CPU cores; see the printed estimate):
+    .venv/bin/python benchmarks/ttft.py --prompts 48 --n 16 --k 200 --max-tokens 256
+Small configuration (proves the pipeline, minutes):
+    .venv/bin/python benchmarks/ttft.py --prompts 8 --n 4 --k 50 --data-sequences 2000
+Writes benchmarks/results/ttft.json and PNG plots next to it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# benchmarks/select.py would shadow the standard library's `select` module: drop this folder from
+# the import path, and put the repository root on it (for `import sift`).
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+sys.path.insert(0, os.path.dirname(_here))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from sift.env import set_default_env, state_dir  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ALL_METHODS = ("base", "nn", "nn-f", "us", "random", "sift")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", type=int, default=48, help="held-out prompts, round-robin over domains (issue: ≥ 48)")
+    p.add_argument("--n", type=int, default=16, help="sequences selected = gradient steps per prompt")
+    p.add_argument("--k", type=int, default=200, help="candidates pre-selected from the index")
+    p.add_argument("--max-tokens", type=int, default=256, help="tokens per training sequence and evaluated prompt")
+    p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods")
+    p.add_argument("--duplicate", type=int, default=4, help="copies of each corpus sequence in the duplication run (0/1: skip)")
+    p.add_argument("--dup-methods", default="nn,sift", help="methods run on the duplicated index")
+    p.add_argument("--lam", type=float, default=0.1, help="SIFT's λ′")
+    p.add_argument("--alphas", default="0.5,1,2,4,8,16,32", help="adaptive-stopping α values for the sweep")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index", type=Path, default=None, help="index folder; default: the default corpus's index")
+    p.add_argument("--prompt-file", type=Path, default=None, help="prompts JSONL; default: the default corpus's held-out prompts")
+    p.add_argument("--data-sequences", type=int, default=8000, help="size of the default corpus when it must be built")
+    p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
+    p.add_argument("--out", type=Path, default=RESULTS / "ttft.json")
+    p.add_argument("--no-plots", action="store_true")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def default_index_and_prompts(args, tokenizer):
+    """The default corpus's index and prompts: given folders, else the flows' default index, else built here.
+
+    A non-default ``--data-sequences`` builds its own corpus/index folders so the default ones are untouched.
+    """
+    from sift.corpus import read_jsonl
+    from sift.default_corpus import assemble_default_corpus, default_corpus_dir
+    from sift.embed import Embedder
+    from sift.index import build_index_from_corpus, load_index
+
+    embedder = Embedder()
+    prompts = read_jsonl(args.prompt_file) if args.prompt_file else None
+    if args.index is not None:
+        index = load_index(args.index, embedder)
+        if prompts is None:
+            prompts = read_jsonl(default_corpus_dir() / "prompts.jsonl")
+        return index, prompts, embedder
+    default_size = args.data_sequences == 8000
+    pointer = state_dir() / "indices" / "default.json"
+    if default_size and pointer.is_file() and prompts is None and (default_corpus_dir() / "prompts.jsonl").is_file():
+        index = load_index(json.loads(pointer.read_text())["path"], embedder)
+        return index, read_jsonl(default_corpus_dir() / "prompts.jsonl"), embedder
+    corpus_dir = default_corpus_dir() if default_size else state_dir() / "corpus" / f"bench-{args.data_sequences}"
+    t = time.perf_counter()
+    corpus = assemble_default_corpus(corpus_dir, tokenizer=tokenizer, max_tokens=args.max_tokens,
+                                     data_sequences=args.data_sequences)
+    out = state_dir() / "indices" / f"bench-{corpus.fingerprint}-{args.max_tokens}"
+    if (out / "manifest.json").is_file():
+        index = load_index(out, embedder)
+    else:
+        print(f"building the index of {corpus.corpus_path} into {out} ...", flush=True)
+        index = build_index_from_corpus([corpus.corpus_path], out, tokenizer, embedder, max_tokens=args.max_tokens)
+    print(f"corpus + index ready in {time.perf_counter() - t:.0f} s ({len(index)} sequences)", flush=True)
+    return index, prompts if prompts is not None else corpus.prompts(), embedder
+
+
+def spread_over_domains(prompts: list[dict], count: int) -> list[dict]:
+    """The first ``count`` prompts taken round-robin over domains (in file order within a domain)."""
+    by_domain: dict[str, list[dict]] = defaultdict(list)
+    for p in prompts:
+        by_domain[p.get("domain", "")].append(p)
+    picked, queues = [], [list(v) for _, v in sorted(by_domain.items())]
+    while len(picked) < count and any(queues):
+        for q in queues:
+            if q and len(picked) < count:
+                picked.append(q.pop(0))
+    return picked
+
+
+def duplicated_index(index, times: int):
+    """The same corpus with every sequence stored ``times`` times (copies of row i are rows i·times..)."""
+    import faiss
+
+    from sift.index import CorpusIndex
+
+    emb = np.repeat(np.asarray(index.embeddings, dtype=np.float32), times, axis=0)
+    rows = np.repeat(np.arange(len(index.sequences)), times)
+    seqs = index.sequences.select(rows.tolist())
+    seqs = seqs.remove_columns("seq_id").add_column("seq_id", list(range(len(seqs))))
+    flat = faiss.IndexFlatIP(emb.shape[1])
+    flat.add(emb)
+    manifest = dict(index.manifest, fingerprint=f"{index.fingerprint}-x{times}", count=len(seqs), duplicated=times)
+    return CorpusIndex(index.path, flat, emb, seqs, manifest)
+
+
+# ------------------------------------------------------------------------------------- analysis
+
+
+def alpha_sweep(sift_results, alphas: list[float]) -> list[dict]:
+    """Steps saved against bpb lost for each α, read off SIFT's per-step bpb curves (exact, see module doc)."""
+    from sift.select import stop_index
+
+    rows = []
+    full_steps = sum(r.steps for r in sift_results)
+    full_bpb = float(np.mean([r.bpb_after for r in sift_results]))
+    for alpha in [None] + alphas:
+        steps, bpbs = [], []
+        for r in sift_results:
+            variances = np.square(np.asarray(r.uncertainties, dtype=np.float64))
+            stop = min(stop_index(variances, alpha), r.steps)
+            curve = dict(r.bpb_curve)
+            steps.append(stop)
+            bpbs.append(curve[stop])
+        mean_bpb = float(np.mean(bpbs))
+        rows.append({"alpha": alpha, "mean_steps": float(np.mean(steps)),
+                     "steps_saved": 1 - sum(steps) / full_steps if full_steps else 0.0,
+                     "mean_bpb_after": mean_bpb, "bpb_loss_relative": mean_bpb / full_bpb - 1})
+    return rows
+
+
+def speed_figures(results) -> dict:
+    """Selection share of a prompt's wall time (per method) and reset cost against one training step."""
+    out: dict = {"selection_share": {}, "selection_seconds": {}}
+    by_method = defaultdict(list)
+    for r in results:
+        by_method[r.method].append(r)
+    for method, rs in by_method.items():
+        if method == "base":
+            continue
+        shares = [r.seconds["selection"] / r.seconds["total"] for r in rs]
+        out["selection_share"][method] = {"mean": float(np.mean(shares)), "max": float(np.max(shares))}
+        out["selection_seconds"][method] = float(np.mean([r.seconds["selection"] for r in rs]))
+    ratios = [r.seconds["reset"] / (r.seconds["train"] / r.steps) for r in results if r.steps]
+    steps = [r.seconds["train"] / r.steps for r in results if r.steps]
+    evals = [r.seconds["eval"] / max(1, len(r.bpb_curve)) for r in results]
+    out["reset_over_step"] = {"median": float(np.median(ratios)), "max": float(np.max(ratios))} if ratios else {}
+    out["seconds_per_step"] = float(np.median(steps)) if steps else float("nan")
+    out["seconds_per_eval"] = float(np.median(evals))
+    out["seconds_reset"] = float(np.median([r.seconds["reset"] for r in results if r.steps])) if ratios else float("nan")
+    return out
+
+
+def reset_microbenchmark(model, tokenizer, text: str, max_tokens: int, snapshot, repeats: int = 3) -> dict:
+    """Reset cost against one training step, measured back to back ``repeats`` times.
+
+    On a shared machine one slow measurement says little; the minimum of each is the cost without
+    interference, the median what a run sees. Step = forward + backward + fused Adam at ``max_tokens``.
+    """
+    import torch
+
+    from sift.ttft import TTFTConfig, _adam, _train_ids
+
+    ids = torch.tensor([_train_ids(tokenizer, text, max_tokens)])
+    optimizer = _adam([p for p in model.parameters()], TTFTConfig())
+    steps, resets = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        logits = model(input_ids=ids).logits[0]
+        loss = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        snapshot.restore(model)
+        resets.append(time.perf_counter() - t)
+    optimizer.zero_grad(set_to_none=True)
+    assert snapshot.equals(model)
+    return {"step_seconds": steps, "reset_seconds": resets, "ratio_min": min(resets) / min(steps),
+            "ratio_median": float(np.median(resets) / np.median(steps))}
+
+
+def full_run_estimate(speed: dict, prompts: int = 48, n: int = 16, methods: int = 5, dup_methods: int = 2) -> dict:
+    """Wall-time estimate of the full configuration from the measured per-step and per-eval seconds.
+
+    Per prompt: (methods + dup_methods) × n steps; evals: 2 per method + base's 1, + n for SIFT's curve.
+    Assumes steps at the same --max-tokens; selection/retrieval are negligible (see selection_share).
+    """
+    steps = prompts * (methods + dup_methods) * n
+    evals = prompts * (2 * (methods + dup_methods) + 1 + n)
+    seconds = steps * speed["seconds_per_step"] + evals * speed["seconds_per_eval"]
+    return {"prompts": prompts, "n": n, "train_steps": steps, "evals": evals, "hours": seconds / 3600}
+
+
+def plot(path_prefix: Path, summary: list[dict], dup_summary: list[dict], sift_records: list[dict], sweep: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = [r["method"] for r in summary]
+    ax.bar(names, [r["mean_bpb_after"] for r in summary], color="tab:blue", label="no duplicates")
+    if dup_summary:
+        pos = [names.index(r["method"]) for r in dup_summary if r["method"] in names]
+        ax.bar([p + 0.3 for p in pos], [r["mean_bpb_after"] for r in dup_summary if r["method"] in names],
+               width=0.3, color="tab:red", label="corpus duplicated")
+    lo = min(r["mean_bpb_after"] for r in summary + dup_summary)
+    hi = max(r["mean_bpb_after"] for r in summary + dup_summary)
+    ax.set_ylim(lo - 0.05 * (hi - lo + 1e-3) - 0.01, hi + 0.05 * (hi - lo + 1e-3) + 0.01)
+    ax.set_ylabel("mean bits per byte after TTFT")
+    ax.legend()
+    fig.tight_layout()
+    for name, f in (("methods", fig),):
+        p = path_prefix.with_name(f"{path_prefix.stem}_{name}.png")
+        f.savefig(p, dpi=110)
+        written.append(str(p))
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    sig = [r["uncertainties"][r["steps"]] for r in sift_records]
+    axes[0].scatter(sig, [r["bpb_after"] for r in sift_records])
+    axes[0].set_xlabel("σ_N (SIFT)")
+    axes[0].set_ylabel("bpb after")
+    axes[1].scatter(sig, [r["gain"] for r in sift_records])
+    axes[1].set_xlabel("σ_N (SIFT)")
+    axes[1].set_ylabel("gain (bpb before − after)")
+    fig.tight_layout()
+    p = path_prefix.with_name(f"{path_prefix.stem}_uncertainty.png")
+    fig.savefig(p, dpi=110)
+    written.append(str(p))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    pts = [r for r in sweep if r["alpha"] is not None]
+    ax.plot([100 * r["steps_saved"] for r in pts], [100 * r["bpb_loss_relative"] for r in pts], "o-")
+    for r in pts:
+        ax.annotate(f"α={r['alpha']:g}", (100 * r["steps_saved"], 100 * r["bpb_loss_relative"]), fontsize=7)
+    ax.set_xlabel("steps saved (%)")
+    ax.set_ylabel("bpb lost (% of no-stopping bpb)")
+    fig.tight_layout()
+    p = path_prefix.with_name(f"{path_prefix.stem}_alpha.png")
+    fig.savefig(p, dpi=110)
+    written.append(str(p))
+    plt.close(fig)
+    return written
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    set_default_env()
+    import torch
+
+    from sift.model import load_causal_lm, model_fingerprint
+    from sift.report import means_by_method, means_by_method_and_domain, paired_bootstrap, format_table, \
+        uncertainty_correlations
+    from sift.ttft import TTFTConfig, WeightSnapshot, run_prompt
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    dup_methods = [m.strip() for m in args.dup_methods.split(",") if m.strip()] if args.duplicate > 1 else []
+    alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    t_start = time.perf_counter()
+    model, tokenizer = load_causal_lm()
+    index, all_prompts, embedder = default_index_and_prompts(args, tokenizer)
+    prompts = spread_over_domains(all_prompts, args.prompts)
+    domains = sorted({p["domain"] for p in prompts})
+    print(f"{len(prompts)} prompts over {len(domains)} domains {domains}; index {len(index)} sequences; "
+          f"methods {methods}; N={args.n} K={args.k} T={args.max_tokens}; torch threads {torch.get_num_threads()}",
+          flush=True)
+    queries = embedder.encode([p["text"] for p in prompts])
+    snapshot = WeightSnapshot(model)
+    dup_index = duplicated_index(index, args.duplicate) if dup_methods else None
+
+    def cfg_for(method: str) -> TTFTConfig:
+        # SIFT measures bpb after every step so the α sweep can be read off its curve.
+        return TTFTConfig(method=method, n=args.n, k=args.k, lam=args.lam, lr=args.lr, max_tokens=args.max_tokens,
+                          seed=args.seed, eval_every=1 if method == "sift" else None, min_similarity=0.0)
+
+    results, dup_results = [], []
+    for i, (prompt, query) in enumerate(zip(prompts, queries)):
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # truncation of 256-token prompts, NN clamping: recorded in results
+            for method in methods:
+                results.append(run_prompt(prompt, model, tokenizer, embedder, index, cfg_for(method),
+                                          snapshot=snapshot, query_emb=query))
+            for method in dup_methods:
+                r = run_prompt(prompt, model, tokenizer, embedder, dup_index, cfg_for(method),
+                               snapshot=snapshot, query_emb=query)
+                r.method = f"{method}-dup"
+                dup_results.append(r)
+        befores = {r.bpb_before for r in results[-len(methods):] + dup_results[len(dup_results) - len(dup_methods):]}
+        assert len(befores) == 1, f"bpb_before differs across methods for {prompt['id']}: reset is not exact"
+        line = " ".join(f"{r.method}={r.bpb_after:.4f}" for r in results[-len(methods):])
+        print(f"[{i + 1}/{len(prompts)}] {prompt['id']} ({prompt['domain']}) before={results[-1].bpb_before:.4f} "
+              f"{line} {' '.join(f'{r.method}={r.bpb_after:.4f}' for r in dup_results[-len(dup_methods):]) if dup_methods else ''}"
+              f" ({time.perf_counter() - t:.0f} s)", flush=True)
+    assert snapshot.equals(model), "the model is not back to its base weights"
+    speed_reset = reset_microbenchmark(model, tokenizer, prompts[0]["text"], args.max_tokens, snapshot)
+
+    records = [r.to_json() for r in results]
+    dup_records = [r.to_json() for r in dup_results]
+    summary = means_by_method(records)
+    dup_summary = means_by_method(dup_records)
+    per_domain = means_by_method_and_domain(records)
+    comparisons = {}
+    if {"sift", "nn"} <= set(methods):
+        comparisons["sift-nn"] = paired_bootstrap(records, "sift", "nn", n_resamples=args.bootstrap, seed=args.seed)
+    for m in methods:
+        if m != "base" and "base" in methods:
+            comparisons[f"{m}-base"] = paired_bootstrap(records, m, "base", n_resamples=args.bootstrap, seed=args.seed)
+    if {"sift", "nn"} <= set(dup_methods):
+        comparisons["sift-nn (duplicated)"] = paired_bootstrap(dup_records, "sift-dup", "nn-dup",
+                                                               n_resamples=args.bootstrap, seed=args.seed)
+    unique = {}
+    for m in dup_methods:
+        rs = [r for r in dup_results if r.method == f"{m}-dup"]
+        unique[m] = float(np.mean([len({s // args.duplicate for s in r.picked_seq_ids[: r.steps]}) for r in rs]))
+    sift_results = [r for r in results if r.method == "sift"]
+    correlations = uncertainty_correlations(records, "sift") if sift_results else {}
+    sweep = alpha_sweep(sift_results, alphas) if sift_results else []
+    speed = speed_figures(results)
+    speed["reset_microbenchmark"] = speed_reset
+    estimate = full_run_estimate(speed, 48, 16, len([m for m in ALL_METHODS if m != "base"]), 2)
+    wall = time.perf_counter() - t_start
+
+    print("\nmean bits per byte (reference: base = no fine-tuning)")
+    print(format_table(summary, ["method", "count", "mean_bpb_before", "mean_bpb_after", "mean_gain",
+                                 "relative_gain", "mean_steps"]))
+    if dup_summary:
+        print(f"\ncorpus duplicated ×{args.duplicate}; unique sequences trained on per prompt: {unique}")
+        print(format_table(dup_summary, ["method", "count", "mean_bpb_after", "mean_gain", "relative_gain"]))
+    print("\nper domain")
+    print(format_table(per_domain, ["method", "domain", "count", "mean_bpb_before", "mean_bpb_after", "relative_gain"]))
+    print("\npaired bootstrap 95 % intervals of the mean bpb_after difference (negative: first is better)")
+    for name, c in comparisons.items():
+        print(f"  {name:24s} {c['mean_diff']:+.5f}  [{c['low']:+.5f}, {c['high']:+.5f}]  n={c['n']}")
+    if correlations:
+        print(f"\nSpearman σ_N vs bpb_after: {correlations['sigma_vs_bpb_after']['rho']:+.3f}, "
+              f"vs gain: {correlations['sigma_vs_gain']['rho']:+.3f}")
+    if sweep:
+        print("\nα sweep (SIFT): α, mean steps, steps saved, bpb lost")
+        for r in sweep:
+            print(f"  {str(r['alpha']):>6}  {r['mean_steps']:5.2f}  {100 * r['steps_saved']:5.1f} %  "
+                  f"{100 * r['bpb_loss_relative']:+.3f} %")
+    print(f"\nspeed: selection share of a prompt's wall time {speed['selection_share']}")
+    print(f"       reset / one training step {speed['reset_over_step']} "
+          f"(step {speed['seconds_per_step']:.2f} s, reset {speed['seconds_reset']:.3f} s)")
+    print(f"       back to back ×3: reset/step min {speed_reset['ratio_min']:.4f}, median {speed_reset['ratio_median']:.4f}")
+    print(f"wall {wall:.0f} s; the full configuration (48 prompts, N=16, 5 methods + 2 duplicated) would take "
+          f"~{estimate['hours']:.1f} h at these per-step/per-eval costs")
+
+    out = {
+        "command": "benchmarks/ttft.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "reference": "base model (no fine-tuning) and NN (TTT-NN), same prompts, same process",
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                        "model_fingerprint": model_fingerprint(model), "index_fingerprint": index.fingerprint,
+                        "index_size": len(index)},
+        "prompts": len(prompts), "domains": domains,
+        "summary": summary, "summary_duplicated": dup_summary, "unique_sequences_duplicated": unique,
+        "per_domain": per_domain, "comparisons": comparisons, "uncertainty_correlations": correlations,
+        "alpha_sweep": sweep, "speed": speed, "full_run_estimate": estimate, "wall_seconds": wall,
+        "results": records, "results_duplicated": dup_records,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=1, default=str))
+    os.replace(tmp, args.out)
+    if not args.no_plots and sift_results:
+        out["plots"] = plot(args.out, summary, dup_summary, [r for r in records if r["method"] == "sift"], sweep)
+        print("plots:", ", ".join(out["plots"]))
+    print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
