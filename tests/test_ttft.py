@@ -20,7 +20,9 @@ from sift.ttft import (
     TTFTConfig,
     WeightSnapshot,
     bits_per_byte,
+    choose_training_data,
     finetune_and_evaluate,
+    run_prompt,
     split_prompt,
 )
 
@@ -185,3 +187,133 @@ def test_split_evaluates_only_the_rest_with_the_query_as_context(tiny):
 def test_bad_config_names_the_field(kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name}="):
         TTFTConfig(**kwargs)
+
+
+# --- selection, leakage guard, the whole prompt -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_stack(tiny_lm_dir, tiny_encoder_dir, tiny_corpus_file, tmp_path_factory):
+    """(tokenizer, embedder, index) over the tiny corpus: a real Faiss index from sift.index."""
+    from sift.embed import Embedder
+    from sift.index import build_index_from_corpus
+
+    _, tok = load_causal_lm(tiny_lm_dir)
+    embedder = Embedder(tiny_encoder_dir)
+    out = tmp_path_factory.mktemp("ttft-index")
+    index = build_index_from_corpus([tiny_corpus_file], out / "index", tok, embedder,
+                                    shard_dir=out / "shards", progress=False)
+    return tok, embedder, index
+
+
+def _query(embedder, text):
+    return embedder.encode([text])[0]
+
+
+def test_base_retrieves_nothing_and_records_sigma0(tiny_stack):
+    _, embedder, index = tiny_stack
+    sel = choose_training_data(_query(embedder, "Rome is in Italy."), index, TTFTConfig(method="base"))
+    assert sel.seq_ids == [] and sel.stop == 0 and sel.candidate_count == 0
+    assert sel.uncertainties == [pytest.approx(1.0)]  # σ_0 = ‖φ(x*)‖ = 1 for normalised embeddings
+
+
+def test_leakage_guard_never_offers_the_prompts_own_document(tiny_stack):
+    _, embedder, index = tiny_stack
+    own = next(r for r in index.sequences if r["doc_id"] == "wiki-0")
+    query = _query(embedder, own["text"])
+    cfg = TTFTConfig(method="nn", n=5, k=10)
+    unguarded = choose_training_data(query, index, cfg)
+    assert unguarded.doc_ids[0] == "wiki-0"  # the prompt's own text is its own nearest neighbour...
+    guarded = choose_training_data(query, index, cfg, exclude_doc_ids={"wiki-0"})
+    assert "wiki-0" not in guarded.doc_ids  # ...unless excluded
+    assert len(guarded.seq_ids) == 5 and guarded.candidate_count == 10
+    assert guarded.scores == sorted(guarded.scores, reverse=True)
+
+
+def test_n_larger_than_k_sift_repeats_nn_clamps(tiny_stack):
+    _, embedder, index = tiny_stack
+    query = _query(embedder, "def cube(x):\n    return x ** 3\n")
+    sift_sel = choose_training_data(query, index, TTFTConfig(method="sift", n=7, k=3))
+    assert len(sift_sel.seq_ids) == 7 and set(sift_sel.seq_ids) <= set(sift_sel.seq_ids[:3])
+    assert any(sift_sel.repeated) and not sift_sel.repeated[0]
+    assert len(sift_sel.variances) == 8 and sift_sel.variances[-1] < sift_sel.variances[0]
+    with pytest.warns(UserWarning):
+        nn_sel = choose_training_data(query, index, TTFTConfig(method="nn", n=7, k=3))
+    assert len(nn_sel.seq_ids) == 3 and not any(nn_sel.repeated)
+
+
+def test_run_prompt_end_to_end_and_json(tiny_lm_dir, tiny_stack):
+    tok, embedder, index = tiny_stack
+    model, _ = load_causal_lm(tiny_lm_dir)
+    snap = WeightSnapshot(model)
+    prompt = {"id": "p-code", "doc_id": "code-0", "domain": "code", "text": "def add(a, b):\n    return a + b\n"}
+    result = run_prompt(prompt, model, tok, embedder, index, TTFTConfig(method="sift", n=3, k=8, lr=1e-2,
+                                                                        min_similarity=-1.0))
+    assert snap.equals(model)
+    assert result.steps == 3 and result.bpb_after != result.bpb_before
+    assert "code-0" not in result.picked_ids and len(result.picked_seq_ids) == 3
+    assert len(result.uncertainties) == 4 and not result.stopped_early and result.skipped_reason is None
+    record = json.loads(json.dumps(result.to_json()))
+    for key in ("prompt_id", "method", "domain", "bpb_before", "bpb_after", "steps", "uncertainties",
+                "picked_ids", "picked_seq_ids", "picked_domains", "picked_scores", "repeated", "seconds",
+                "tokens", "flops", "stopped_early", "bpb_curve", "gain"):
+        assert key in record
+    assert set(record["seconds"]) >= {"retrieval", "selection", "train", "eval", "reset", "total"}
+    base = run_prompt(prompt, model, tok, embedder, index, TTFTConfig(method="base"))
+    assert base.steps == 0 and base.bpb_after == base.bpb_before == result.bpb_before
+    assert base.uncertainties == [pytest.approx(1.0)]
+    with pytest.raises(ValueError, match="empty"):
+        run_prompt(dict(prompt, text="  "), model, tok, embedder, index, TTFTConfig())
+
+
+def test_low_similarity_trains_or_skips_as_configured(tiny_lm_dir, tiny_stack):
+    tok, embedder, index = tiny_stack
+    model, _ = load_causal_lm(tiny_lm_dir)
+    prompt = {"id": "p", "doc_id": "p", "domain": "wiki", "text": "Rome is the capital city of Italy."}
+    trained = run_prompt(prompt, model, tok, embedder, index, TTFTConfig(n=2, k=4, min_similarity=1.5))
+    assert trained.low_similarity and trained.steps == 2 and trained.skipped_reason is None
+    skipped = run_prompt(prompt, model, tok, embedder, index,
+                         TTFTConfig(n=2, k=4, min_similarity=1.5, on_low_similarity="skip"))
+    assert skipped.steps == 0 and "similarity floor" in skipped.skipped_reason
+    assert skipped.bpb_after == skipped.bpb_before and len(skipped.picked_ids) == 2
+
+
+def test_adaptive_stopping_and_split(tiny_lm_dir, tiny_stack):
+    tok, embedder, index = tiny_stack
+    model, _ = load_causal_lm(tiny_lm_dir)
+    prompt = {"id": "p", "doc_id": "p", "domain": "fiction",
+              "text": "She smiled at her sister across the garden, and the evening was calm."}
+    cfg = dict(n=4, k=8, min_similarity=-1.0)
+    full = run_prompt(prompt, model, tok, embedder, index, TTFTConfig(**cfg))
+    sigma = full.uncertainties
+    # α between the bounds of step 1 and step 2 lets exactly one step through (stop: n·σ_n·α > 1).
+    alpha = 2.0 / (1 * sigma[1] + 2 * sigma[2])
+    assert sigma[1] * alpha <= 1 < 2 * sigma[2] * alpha
+    stopped = run_prompt(prompt, model, tok, embedder, index, TTFTConfig(alpha=alpha, **cfg))
+    assert stopped.steps == 1 and stopped.stopped_early and len(stopped.picked_ids) == 4
+    split = run_prompt(prompt, model, tok, embedder, index, TTFTConfig(split=0.5, **cfg))
+    query, rest = split_prompt(tok, prompt["text"], 0.5)
+    assert split.eval_bytes == len(rest.encode()) < len(prompt["text"].encode())
+
+
+@pytest.mark.slow
+def test_real_default_model_one_prompt_two_steps(tiny_corpus_file, tmp_path):
+    """The bundled SmolLM2-135M (GGUF converted once into the session's state folder) and MiniLM."""
+    from sift.embed import Embedder
+    from sift.index import build_index_from_corpus
+    from sift.model import default_model_dir
+
+    model, tok = load_causal_lm()
+    assert (default_model_dir() / "model.safetensors").is_file()
+    assert not [p for p in default_model_dir().parent.iterdir() if ".tmp-" in p.name]
+    embedder = Embedder()
+    index = build_index_from_corpus([tiny_corpus_file], tmp_path / "index", tok, embedder,
+                                    shard_dir=tmp_path / "shards", progress=False)
+    snap = WeightSnapshot(model)
+    prompt = {"id": "p-wiki", "doc_id": "p-wiki", "domain": "wiki", "text": "Rome is the capital city of Italy."}
+    result = run_prompt(prompt, model, tok, embedder, index, TTFTConfig(method="sift", n=2, k=8, max_tokens=64),
+                        snapshot=snap)
+    assert snap.equals(model)
+    assert result.steps == 2 and result.picked_domains[0] == "wiki"
+    assert 0.2 < result.bpb_before < 3.0 and result.bpb_after != result.bpb_before
+    assert result.seconds["reset"] < result.seconds["train"] / result.steps
