@@ -239,10 +239,11 @@ def plot(path_prefix: Path, summary: list[dict], dup_summary: list[dict], sift_r
     fig, ax = plt.subplots(figsize=(7, 4))
     names = [r["method"] for r in summary]
     ax.bar(names, [r["mean_bpb_after"] for r in summary], color="tab:blue", label="no duplicates")
-    if dup_summary:
-        pos = [names.index(r["method"]) for r in dup_summary if r["method"] in names]
-        ax.bar([p + 0.3 for p in pos], [r["mean_bpb_after"] for r in dup_summary if r["method"] in names],
-               width=0.3, color="tab:red", label="corpus duplicated")
+    dup = [r for r in dup_summary if r["method"].removesuffix("-dup") in names]
+    if dup:
+        pos = [names.index(r["method"].removesuffix("-dup")) for r in dup]
+        ax.bar([p + 0.3 for p in pos], [r["mean_bpb_after"] for r in dup], width=0.3, color="tab:red",
+               label="corpus duplicated")
     lo = min(r["mean_bpb_after"] for r in summary + dup_summary)
     hi = max(r["mean_bpb_after"] for r in summary + dup_summary)
     ax.set_ylim(lo - 0.05 * (hi - lo + 1e-3) - 0.01, hi + 0.05 * (hi - lo + 1e-3) + 0.01)
