@@ -41,7 +41,9 @@ import contextvars
 import hashlib
 import json
 import math
+import os
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -292,17 +294,21 @@ def split_prompts(prompts: list[dict], tune_fraction: float, seed: int = 0) -> t
     return [p for p in prompts if p["id"] in tune_ids], [p for p in prompts if p["id"] not in tune_ids]
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file private to this process and thread, then rename: workers sharing a
+    study write the same files, and a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
+    _write_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,7 +513,7 @@ def _log_tuning(run_logger, study: optuna.Study, summary: dict[str, Any], split:
 
 
 @flow(name="tune")
-def tune(config: TuneConfig) -> dict[str, Any]:
+def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
     """Run ``config.trials`` trials of the study ``config.study`` in this process; return a summary.
 
     Returns ``{"study", "storage", "objective", "best_params", "best_value", "best_json", "trials"
@@ -529,7 +535,8 @@ def tune(config: TuneConfig) -> dict[str, Any]:
 
     prompts = _load_prompts(config)
     tune_prompts, report_prompts = split_prompts(prompts, config.tune_fraction, config.seed)
-    study, created = open_study(storage, config.study, study_definition(config, tune_prompts, index_fingerprint_of(config)))
+    definition = study_definition(config, tune_prompts, index_fingerprint_of(config))
+    study, created = open_study(storage, config.study, definition)
     split = {"tune_prompt_ids": [p["id"] for p in tune_prompts], "report_prompt_ids": [p["id"] for p in report_prompts]}
     out_dir = study_dir(config.study)
     _write_json(out_dir / "split.json", split)
