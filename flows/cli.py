@@ -163,8 +163,7 @@ def evaluate(config: EvaluateConfig) -> None:
     from flows.evaluate import evaluate as evaluate_flow
 
     check_inputs(config)  # one clear line now rather than a failed flow run
-    summary = _run_flow(evaluate_flow, config)
-    print_summary(summary)
+    print_summary(_run_flow(evaluate_flow, config))
 
 
 @config_command(app, "tune", TuneConfig, help="Optuna study over SIFT's λ′ and α on a tuning split of the prompts.")
@@ -200,8 +199,8 @@ def corpus(
     from flows.tasks import default_corpus_dir
     from sift.default_corpus import assemble_default_corpus
 
-    result = assemble_default_corpus(out or default_corpus_dir(), seed=seed)
-    typer.echo(f"corpus: {result}")
+    corpus = assemble_default_corpus(out or default_corpus_dir(), seed=seed)
+    typer.echo(f"corpus: {corpus.corpus_path}\nprompts: {corpus.prompts_path}\nfingerprint: {corpus.fingerprint}")
 
 
 def main() -> None:  # pragma: no cover - `python -m flows.cli`

@@ -53,8 +53,8 @@ def print_demo(result: dict) -> None:
     stats = result.get("stats") or {}
     cached = sum(v for k, v in stats.items() if k.endswith(":Cached"))
     console.print(
-        f"{sum(stats.values())} (prompt, method) tasks, {cached} reused from cache; "
-        f"{result['seconds']:.0f} s in all. Index: {result['index']['path']}"
+        f"{len(result['rows'])} (prompt, method) results from {sum(stats.values())} tasks, {cached} of them "
+        f"reused from the cache; {result['seconds']:.0f} s in all. Index: {result['index']['path']}"
     )
     console.print("Where to look next:")
     if result.get("mlflow_run_id"):

@@ -347,6 +347,7 @@ def print_summary(result: dict) -> None:
     console.print(summary_table(result["summary"]))
     stats = result.get("stats") or {}
     cached = sum(v for k, v in stats.items() if k.endswith(":Cached"))
-    console.print(f"{cached} of {sum(stats.values())} cached task results reused.")
+    console.print(f"{len(result['rows'])} (prompt, method) results; {cached} of {sum(stats.values())} tasks "
+                  "reused from the cache.")
     if result.get("mlflow_run_id"):
         console.print(f"MLflow run {result['mlflow_run_id']}: browse it with `sift-ttft ui`.")

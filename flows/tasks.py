@@ -46,8 +46,11 @@ def results_dir() -> Path:
 
 
 def default_corpus_dir() -> Path:
-    """``<state>/corpus/default``: the assembled default corpus and its held-out prompts."""
-    return state_dir() / "corpus" / "default"
+    """``<state>/corpus/default``: the assembled default corpus and its held-out prompts (the
+    library's location, asked lazily so importing this module stays cheap)."""
+    from sift.default_corpus import default_corpus_dir as library_default_corpus_dir
+
+    return library_default_corpus_dir()
 
 
 def default_index_pointer() -> Path:
@@ -120,6 +123,7 @@ _LOCK = threading.Lock()
 _ENCODE_LOCK = threading.Lock()
 _MODELS: dict[tuple[str, str], tuple[Any, Any, threading.Lock]] = {}
 _EMBEDDERS: dict[str, Any] = {}
+_MODEL_IDS: dict[tuple[str, str], str] = {}
 _INDICES: dict[tuple[str, str], Any] = {}
 
 
@@ -176,9 +180,12 @@ def model_fingerprint_of(model: Optional[str]) -> str:
     """The library's fingerprint of the (loaded-once) model: part of every fine-tuning cache key."""
     from sift.model import model_fingerprint
 
-    lm, _, lock = load_model(model)
-    with lock:
-        return model_fingerprint(lm)
+    key = (str(model) if model else "<default>", str(state_dir()))
+    if key not in _MODEL_IDS:  # once per process: the library restores the weights after every prompt
+        lm, _, lock = load_model(model)
+        with lock:
+            _MODEL_IDS[key] = model_fingerprint(lm)
+    return _MODEL_IDS[key]
 
 
 def load_embedder(source: Optional[str], batch_size: int = 32, max_length: Optional[int] = None):
