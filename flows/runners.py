@@ -32,6 +32,7 @@ def make_task_runner(config: RunnerConfig) -> "TaskRunner":
 
         if config.dask_address:
             return DaskTaskRunner(address=config.dask_address)
+        share_api_with_workers()
         return DaskTaskRunner(
             cluster_class="distributed.LocalCluster",
             cluster_kwargs={
@@ -42,6 +43,31 @@ def make_task_runner(config: RunnerConfig) -> "TaskRunner":
             },
         )
     raise ValueError(f"task_runner={config.task_runner!r} is not one of 'thread', 'dask'")
+
+
+def share_api_with_workers() -> None:
+    """Make LocalCluster workers report to this process's Prefect API.
+
+    Dask workers are other processes: without ``PREFECT_API_URL`` in their environment each would
+    start a temporary Prefect server of its own. Export this process's API URL (starting its
+    temporary server first in Prefect's ephemeral mode); workers inherit the environment when the
+    cluster starts. A remote cluster needs a real server (``prefect server start``) reachable from
+    its workers, with ``PREFECT_API_URL`` set on them.
+    """
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    url = PREFECT_API_URL.value()  # set by a profile or temporary settings, not by the environment
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()  # the instance Prefect's ephemeral client uses in this process
+        server.start()
+        url = server.api_url
+    os.environ["PREFECT_API_URL"] = url
 
 
 def is_dask_runner(runner: object) -> bool:

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from flow_helpers import comparable, read_rows, tiny_evaluate_config, tiny_index_config
+from flow_helpers import comparable, prefect_api_url, read_rows, tiny_evaluate_config, tiny_index_config
 from prefect import flow
 from typer.testing import CliRunner
 
@@ -180,11 +180,14 @@ def test_limit_takes_prompts_round_robin_across_domains():
 # -------------------------------------------------------------------------------------------- Dask
 
 
-def test_dask_runner_settings():
+def test_dask_runner_settings(monkeypatch):
     from flows.config import EvaluateConfig
     from flows.runners import make_task_runner
 
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
     local = make_task_runner(EvaluateConfig(task_runner="dask", dask_workers=3))
+    # Workers of a LocalCluster will find this process's (here: the test harness's) API in their environment.
+    assert __import__("os").environ["PREFECT_API_URL"] == prefect_api_url()
     assert type(local).__name__ == "DaskTaskRunner"
     assert local.cluster_kwargs["n_workers"] == 3 and local.cluster_kwargs["threads_per_worker"] == 1
     remote = make_task_runner(EvaluateConfig(task_runner="dask", dask_address="tcp://10.0.0.1:8786"))
@@ -204,6 +207,7 @@ def test_dask_results_equal_sequential(fresh_state, tmp_path, monkeypatch, tiny_
     sequential = evaluate(config)["rows"]
 
     monkeypatch.setenv("SIFT_HOME", str(tmp_path / "dask-state"))  # nothing cached from the sequential runs
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api_url())  # workers report to the test server
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         dask = {"task_runner": "dask", "dask_address": cluster.scheduler_address}
         # Called like a deployment would (decorator's thread runner): the flow moves its work onto Dask.
