@@ -1,11 +1,13 @@
 """End to end: a logged flow run, `mlflow server` as `sift-ttft ui` starts it, headless Chromium finds
-the run and a plot. Saves the README's screenshot to docs/mlflow-ui.png.
+the run and a plot. Saves a screenshot; with SIFT_UPDATE_SCREENSHOT=1 it replaces the README's
+docs/mlflow-ui.png (a normal test run leaves the checkout untouched).
 
 Needs Debian's chromium (scripts/test.sh installs it via scripts/ensure-chromium.sh).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -19,7 +21,7 @@ from tracking.ui import start_server, stop_server, wait_healthy
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "mlflow-ui.png"
+README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "mlflow-ui.png"
 RUN_NAME = "evaluate (synthetic test results)"
 PLOT = "bpb_by_method_domain.png"
 
@@ -65,6 +67,8 @@ def test_mlflow_ui_shows_the_run_and_its_plot(tmp_path):
         "Debian's chromium is missing: run `bash scripts/ensure-chromium.sh` (scripts/test.sh does)")
     from playwright.sync_api import sync_playwright
 
+    screenshot = tmp_path / "mlflow-ui.png"
+
     # The session's store (conftest), as `sift-ttft ui` would serve it: building a fresh MLflow
     # schema costs 10-20 s on 2 cores. Other tests' runs may share the experiment; ours has its own name.
     rows = make_result_rows(prompts=8)
@@ -92,11 +96,12 @@ def test_mlflow_ui_shows_the_run_and_its_plot(tmp_path):
                 except Exception:
                     page.screenshot(path=str(tmp_path / "failure.png"))  # what the page showed, for debugging
                     raise
-                SCREENSHOT.parent.mkdir(exist_ok=True)
-                page.screenshot(path=str(SCREENSHOT))
+                page.screenshot(path=str(screenshot))
             finally:
                 browser.close()
     finally:
         stop_server(server)
     assert server.poll() is not None, "the server must be stopped"
-    assert SCREENSHOT.read_bytes().startswith(b"\x89PNG") and SCREENSHOT.stat().st_size > 30_000
+    assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 30_000
+    if os.environ.get("SIFT_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(screenshot, README_SCREENSHOT)
