@@ -23,11 +23,9 @@ others. ``corpus.jsonl`` holds the data-space *documents* (cut after their last 
 from __future__ import annotations
 
 import ast
-import glob
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -40,6 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sift.atomic import atomic_dir
 from sift.corpus import chunk_records, decode_utf8, read_jsonl, tokenizer_id, write_jsonl
 from sift.env import state_dir
 
@@ -423,10 +422,7 @@ def _existing(out_dir: Path, params: dict) -> DefaultCorpus | None:
 
 
 def _write(out_dir: Path, corpus: list[dict], prompts: list[dict], manifest: dict, t0: float) -> DefaultCorpus:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{time.time_ns()}")
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / "corpus.jsonl", corpus)
         write_jsonl(tmp / "prompts.jsonl", prompts)
         digest = hashlib.sha256()
@@ -434,14 +430,6 @@ def _write(out_dir: Path, corpus: list[dict], prompts: list[dict], manifest: dic
             digest.update((tmp / name).read_bytes())
         manifest = {"fingerprint": digest.hexdigest()[:16], **manifest, "seconds": round(time.perf_counter() - t0, 2)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}")
-        if out_dir.exists():
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("default corpus: %d documents, %d sequences, %d prompts in %.1f s (%s)", manifest["documents"],
              manifest["sequences"], manifest["prompts"], manifest["seconds"], out_dir)
     return DefaultCorpus(out_dir, manifest)

@@ -23,8 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ import datasets
 import faiss
 import numpy as np
 
+from sift.atomic import atomic_dir
 from sift.corpus import fingerprint_dataset
 
 log = logging.getLogger(__name__)
@@ -214,10 +213,7 @@ def save_index(out_dir: str | Path, index: faiss.Index, sequences: datasets.Data
     if index.d != vectors.shape[1]:
         raise ValueError(f"index dimension {index.d} != embeddings dimension {vectors.shape[1]}")
     out_dir = Path(out_dir).expanduser().resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{time.time_ns()}")
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:
         faiss.write_index(index, str(tmp / "index.faiss"))
         np.save(tmp / "embeddings.npy", vectors)
         sequences.to_parquet(str(tmp / "sequences.parquet"))
@@ -234,14 +230,6 @@ def save_index(out_dir: str | Path, index: faiss.Index, sequences: datasets.Data
         full["package_versions"] = _package_versions()
         full["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str))
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}")
-        if out_dir.exists():
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_index_manifest(index_dir: str | Path) -> dict:

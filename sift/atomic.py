@@ -1,0 +1,38 @@
+"""Writing a folder all at once: readers see the old folder or the new one, never half of one.
+
+A crash (even kill -9) while writing leaves only a hidden ``.NAME.tmp-*`` sibling behind, which no
+reader trusts; the finished folder appears with one ``rename``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``out_dir``; on normal exit it replaces ``out_dir``.
+
+    Replacement: the old folder (if any) is renamed aside, the new one renamed into place, the old
+    one deleted. On an exception the temporary folder is removed and ``out_dir`` is left as it was.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stamp = f"{os.getpid()}-{time.time_ns()}"
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{stamp}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = out_dir.with_name(f".{out_dir.name}.old-{stamp}")
+        if out_dir.exists():
+            os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
