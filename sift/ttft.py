@@ -6,7 +6,9 @@ Protocol (Hübotter et al. 2024, following Hardt & Sun's TTT-NN):
 - one gradient step per picked sequence, in pick order, batch size 1, Adam(lr, eps), a fresh
   optimizer for every prompt, up to ``Selection.stop`` steps (adaptive stopping when α is set);
 - bits per byte of the model on the prompt's text before and after;
-- restore the model bitwise to its weights on entry (in-place copy from a snapshot, no reload).
+- restore the model bitwise to its weights on entry without copying or reloading them: the first
+  step writes its result into a second buffer and later steps update that one, so the entry weights
+  are never written and the reset is a pointer swap back to them (``WeightSnapshot``).
 
 Decisions worth knowing:
 - ``split=F`` cuts the prompt at a token boundary: the first ⌊F·T⌋ tokens are the query (embedded
@@ -28,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -344,42 +347,205 @@ def bits_per_byte(model, tokenizer, text: str, max_tokens: int = 256, context: s
 
 
 # ----------------------------------------------------------------------------------------------
-# exact reset
+# exact reset: double buffering
+
+
+class _Slot:
+    """One parameter's double buffer: ``base`` (the snapshot's weights, never written), and ``work``
+    plus Adam's two moment tensors (allocated on first use, then reused by every prompt)."""
+
+    __slots__ = ("name", "param", "base", "checksum", "work", "exp_avg", "exp_avg_sq")
+
+    def __init__(self, name: str, param: torch.nn.Parameter):
+        self.name = name
+        self.param = param
+        self.base = param.data  # a reference to the same storage, not a copy
+        self.checksum = _checksum(self.base)
+        self.work: torch.Tensor | None = None
+        self.exp_avg: torch.Tensor | None = None
+        self.exp_avg_sq: torch.Tensor | None = None
+
+    def holds_base(self) -> bool:
+        p, b = self.param, self.base
+        return (p.data_ptr() == b.data_ptr() and p.shape == b.shape and p.stride() == b.stride()
+                and p.dtype == b.dtype and p.device == b.device)
+
+    def work_buffer(self) -> torch.Tensor:
+        if self.work is None:
+            self.work = torch.empty_like(self.base)
+        return self.work
+
+    def moment_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.exp_avg is None:
+            self.exp_avg, self.exp_avg_sq = torch.empty_like(self.base), torch.empty_like(self.base)
+        return self.exp_avg, self.exp_avg_sq
 
 
 class WeightSnapshot:
-    """A clone of every parameter and buffer of a model, restorable in place, bit for bit.
+    """A model's weights, restorable bit for bit by pointer swaps: no copy per prompt, no reload.
 
-    Restoring copies into the existing tensors under ``torch.no_grad`` (no reload, no new
-    tensors), so optimisers, hooks and tied weights keep pointing at the same storage. Tied
-    parameters are cloned once (``named_parameters`` deduplicates them).
+    Double buffering. The snapshot keeps *references* to the parameters' tensors (the "base") and,
+    per trained parameter, a "work" tensor and Adam's two moment tensors, allocated on first use
+    and reused by every later prompt (no allocation, no page faults per prompt).
+    ``first_adam_step`` computes a prompt's first Adam update out of place, work = base − update,
+    points each parameter at its work tensor (``p.data = work``) and seeds the optimiser's state,
+    so later steps run the normal (fused) optimiser in place on work. ``restore`` points every
+    parameter back at its base (``p.data = base``): the base is never written, so the restored
+    model is bitwise the snapshot's by construction, for the price of a few hundred pointer swaps.
+    Buffers are cloned (they are small, and some, like BatchNorm statistics, change in training)
+    and copied back. Tied weights must be one Parameter, as Hugging Face ties them (counted once);
+    distinct parameters sharing storage are refused, since swapping one would untie them.
+
+    The base is shared with the model between prompts, so an in-place write to the model outside
+    fine-tuning changes the snapshot too; ``equals`` detects it (checksums taken here), nothing can
+    undo it: take a new snapshot after changing weights on purpose.
     """
 
     def __init__(self, model: torch.nn.Module):
+        self._slots = {name: _Slot(name, p) for name, p in model.named_parameters()}
+        self._by_param = {id(s.param): s for s in self._slots.values()}
+        owners: dict[int, str] = {}
+        for s in self._slots.values():
+            if s.base.numel() == 0:
+                continue
+            ptr = s.base.untyped_storage().data_ptr()
+            if ptr in owners:
+                raise ValueError(f"parameters {owners[ptr]!r} and {s.name!r} share storage but are distinct "
+                                 "Parameters; tie them as one Parameter (model.tie_weights()) to snapshot the model")
+            owners[ptr] = s.name
         with torch.no_grad():
-            self.tensors = {name: t.detach().clone() for name, t in _named_state(model)}
+            self.buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+
+    def holds(self, model: torch.nn.Module) -> bool:
+        """True when ``model``'s parameters are this snapshot's Parameters, each pointing at its base."""
+        named = dict(model.named_parameters())
+        return named.keys() == self._slots.keys() and all(
+            named[n] is s.param and s.holds_base() for n, s in self._slots.items())
+
+    def first_adam_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Take ``optimizer``'s first step out of place: work = base − Adam's step-1 update.
+
+        For a fresh ``torch.optim.Adam`` (fused or not; no weight decay, amsgrad or maximize) over
+        parameters of this snapshot, with gradients in ``p.grad`` and each parameter at its base:
+            m = (1−β1)·g,  v = (1−β2)·g²,  work = base − lr/(1−β1) · m / (√v / √(1−β2) + eps)
+        (torch's Adam formula at step 1 from zero moments). Then ``p.data = work`` and the
+        optimiser's state becomes {step: 1, exp_avg: m, exp_avg_sq: v} in the form torch expects,
+        so ``optimizer.step()`` continues from there. A parameter without gradient is copied to its
+        work tensor unchanged (Adam skips it), so no later step can write a base tensor.
+        """
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                unsupported = [k for k in ("weight_decay", "amsgrad", "maximize", "differentiable") if group.get(k)]
+                if unsupported:
+                    raise ValueError(f"first_adam_step supports plain Adam only; this optimizer sets {unsupported}")
+                beta1, beta2 = group["betas"]
+                lr = float(group["lr"])
+                fused_or_capturable = bool(group.get("fused") or group.get("capturable"))
+                for p in group["params"]:
+                    slot = self._by_param.get(id(p))
+                    if slot is None or slot.param is not p:
+                        raise ValueError("first_adam_step: the optimizer holds a parameter this snapshot was not "
+                                         "taken of")
+                    if optimizer.state.get(p):
+                        raise ValueError(f"first_adam_step: {slot.name!r} already has optimizer state; "
+                                         "the optimizer must be fresh")
+                    if not slot.holds_base():
+                        raise ValueError(f"first_adam_step: {slot.name!r} is not at the snapshot's weights")
+                    work = slot.work_buffer()
+                    if p.grad is None:
+                        work.copy_(slot.base)
+                        p.data = work
+                        continue
+                    exp_avg, exp_avg_sq = slot.moment_buffers()
+                    _adam_first_update(slot.base, p.grad, exp_avg, exp_avg_sq, work, lr, beta1, beta2,
+                                       float(group["eps"]))
+                    p.data = work
+                    # What Adam's lazy state initialisation creates, one step further along.
+                    step = (torch.ones((), dtype=_step_dtype(bool(group.get("fused"))), device=p.device)
+                            if fused_or_capturable else torch.tensor(1.0, dtype=_step_dtype(False)))
+                    optimizer.state[p] = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
     def restore(self, model: torch.nn.Module) -> None:
+        """Point every parameter back at its base tensor and copy the buffers back.
+
+        No parameter data is copied: the base tensors were never written (see ``first_adam_step``).
+        """
         with torch.no_grad():
-            for name, t in _named_state(model):
-                t.copy_(self.tensors[name])
+            for name, p in model.named_parameters():
+                slot = self._slots.get(name)
+                if slot is None or slot.param is not p:
+                    raise ValueError(f"restore: parameter {name!r} is not one this snapshot was taken of")
+                if not slot.holds_base():
+                    p.data = slot.base
+            for name, b in model.named_buffers():
+                saved = self.buffers.get(name)
+                if saved is None:
+                    raise ValueError(f"restore: buffer {name!r} is not one this snapshot was taken of")
+                b.copy_(saved)
 
     def equals(self, model: torch.nn.Module) -> bool:
-        """True when the model's tensors are bitwise equal to the snapshot (NaN-safe)."""
+        """True when ``model`` has the snapshot's parameters and buffers, bit for bit as far as checked.
+
+        Buffers: compared bitwise with their clones (NaN-safe). Parameters: same names, shapes and
+        dtypes, and the same content checksum as when the snapshot was taken: the wrapped 64-bit
+        sum of the tensor's bits read as integers, which changes with any single flipped bit (a
+        guard against in-place writes; the restore itself is exact by construction).
+        """
         with torch.no_grad():
-            for name, t in _named_state(model):
-                s = self.tensors.get(name)
-                if s is None or s.shape != t.shape or s.dtype != t.dtype:
+            named = dict(model.named_parameters())
+            if named.keys() != self._slots.keys():
+                return False
+            for name, p in named.items():
+                s = self._slots[name]
+                if p.shape != s.base.shape or p.dtype != s.base.dtype or _checksum(p.detach()) != s.checksum:
                     return False
-                if not torch.equal(s.reshape(-1).view(torch.uint8) if s.is_floating_point() else s,
-                                   t.detach().reshape(-1).view(torch.uint8) if t.is_floating_point() else t):
+            buffers = dict(model.named_buffers())
+            if buffers.keys() != self.buffers.keys():
+                return False
+            for name, b in buffers.items():
+                s = self.buffers[name]
+                if s.shape != b.shape or s.dtype != b.dtype or not torch.equal(_bits(s), _bits(b.detach())):
                     return False
         return True
 
 
-def _named_state(model: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
-    yield from (("p:" + n, p) for n, p in model.named_parameters())
-    yield from (("b:" + n, b) for n, b in model.named_buffers())
+def _step_dtype(fused: bool) -> torch.dtype:
+    """The dtype torch.optim.Adam gives its ``step`` counter (float32 when fused, else the default's precision)."""
+    return torch.float64 if not fused and torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes, so that equality is bitwise (NaN == NaN, -0.0 != 0.0)."""
+    return t.reshape(-1).view(torch.uint8) if t.is_floating_point() or t.is_complex() else t
+
+
+def _checksum(t: torch.Tensor) -> int:
+    """Wrapped sum of the tensor's bytes read as the widest integers that tile it (int64 for most).
+
+    Any single flipped bit changes it (by ±2^k, never 0 modulo the integer's range); one read of
+    the tensor, about as fast as a copy (an int64 sum of float32 weights: 23 ms for SmolLM2-135M).
+    """
+    raw = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    for dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if raw.numel() % dtype.itemsize == 0:
+            return int(raw.view(dtype).sum(dtype=dtype)) if raw.numel() else 0
+
+
+def _adam_first_update(base: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                       out: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float) -> None:
+    """Adam's first step from zero moments, out of place, with torch.optim.Adam's own ops in its order
+    (so the result equals its single-tensor implementation bit for bit):
+        exp_avg = (1−β1)·g,  exp_avg_sq = 0 + (1−β2)·g·g,
+        out = base − lr/(1−β1) · exp_avg / (√exp_avg_sq / √(1−β2) + eps).
+    ``out`` doubles as the denominator's scratch, so nothing is allocated. (Cutting the tensors into
+    cache-sized chunks gained nothing measurable on CPU: these ops are not all memory-bound there.)
+    """
+    zero = torch.zeros((), dtype=exp_avg_sq.dtype, device=exp_avg_sq.device)
+    torch.mul(grad, 1 - beta1, out=exp_avg)  # = exp_avg.lerp_(grad, 1 − β1) from zero
+    torch.addcmul(zero, grad, grad, value=1 - beta2, out=exp_avg_sq)  # = 0·β2 + (1−β2)·g·g
+    torch.sqrt(exp_avg_sq, out=out)
+    out.div_(math.sqrt(1 - beta2)).add_(eps)
+    torch.addcdiv(base, exp_avg, out, value=-lr / (1 - beta1), out=out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,6 +632,19 @@ def _adam(params: list[torch.nn.Parameter], cfg: TTFTConfig) -> torch.optim.Opti
         return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps)
 
 
+# One snapshot per model object, kept between prompts so that its work buffers and Adam moments are
+# allocated (and page-faulted) once per model, not once per prompt. Weak keys: it goes with the model.
+_SNAPSHOTS: "weakref.WeakKeyDictionary[torch.nn.Module, WeightSnapshot]" = weakref.WeakKeyDictionary()
+
+
+def _snapshot_of(model: torch.nn.Module) -> WeightSnapshot:
+    """The kept snapshot of ``model``, taken anew when its parameters are no longer the snapshot's."""
+    snapshot = _SNAPSHOTS.get(model)
+    if snapshot is None or not snapshot.holds(model):
+        snapshot = _SNAPSHOTS[model] = WeightSnapshot(model)
+    return snapshot
+
+
 def finetune_and_evaluate(model, tokenizer, eval_text: str, train_texts: Sequence[str], cfg: TTFTConfig,
                           eval_context: str = "", snapshot: WeightSnapshot | None = None) -> TrainingOutcome:
     """Measure bpb on ``eval_text``, take one Adam step per training text (in order), measure again,
@@ -475,8 +654,11 @@ def finetune_and_evaluate(model, tokenizer, eval_text: str, train_texts: Sequenc
     tokens after a BOS/EOS prefix), ``Adam(lr, eps)`` created fresh for this call. With
     ``cfg.lora_rank`` the model is wrapped in LoRA adapters (peft, all linear layers,
     lora_alpha = 2·rank, no dropout) that are trained instead and removed afterwards.
-    ``snapshot``: a ``WeightSnapshot`` of the model's current weights to restore from (saves a clone
-    per prompt when the same base model serves many prompts); taken here when None.
+    ``snapshot``: a ``WeightSnapshot`` of the model's current weights (its work buffers then serve
+    every prompt); when None, one kept per model object is used (taken anew if the model's
+    parameters were replaced). Full fine-tuning takes the first step with
+    ``snapshot.first_adam_step`` (out of place) and the rest with fused Adam in place on the work
+    buffers; the reset swaps the base tensors back (no copy).
     ``cfg.eval_every=k`` adds a bpb measurement after every k steps to ``bpb_curve``.
     FLOPs ≈ 6·P·tokens_train + 2·P·tokens_eval.
     """
@@ -511,9 +693,13 @@ def finetune_and_evaluate(model, tokenizer, eval_text: str, train_texts: Sequenc
 
     t = time.perf_counter()
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-    own_snapshot = snapshot is None and cfg.lora_rank is None
-    if own_snapshot:
-        snapshot = WeightSnapshot(model)
+    # LoRA trains only adapters, dropped afterwards: the base weights stay frozen and nothing is swapped.
+    swap = cfg.lora_rank is None
+    if swap and snapshot is None:
+        snapshot = _snapshot_of(model)
+    elif swap and not snapshot.holds(model):
+        raise ValueError("snapshot: the model's parameters are not at this snapshot's weights; take "
+                         "WeightSnapshot(model) of the model as it is now")
     seconds_snapshot = time.perf_counter() - t
 
     trained = model
@@ -543,7 +729,10 @@ def finetune_and_evaluate(model, tokenizer, eval_text: str, train_texts: Sequenc
             loss = torch.nn.functional.cross_entropy(logits[:-1].float(), x[0, 1:])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if swap and steps == 0:
+                snapshot.first_adam_step(optimizer)  # base → work, out of place: base is never written
+            else:
+                optimizer.step()
             steps += 1
             tokens_train += len(ids)
             seconds_train += time.perf_counter() - t

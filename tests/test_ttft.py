@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from sift import ttft
 from sift.model import load_causal_lm
 from sift.ttft import (
     PromptResult,
@@ -101,16 +102,36 @@ def test_split_prompt_cuts_at_a_token_boundary(tiny):
 # --- fine-tuning and reset ------------------------------------------------------------------
 
 
+def _clone_state(model) -> dict[str, torch.Tensor]:
+    """An independent copy of every parameter and buffer, for bitwise checks that trust no snapshot."""
+    return {n: t.detach().clone() for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+
+
+def _bitwise_equal(model, state: dict[str, torch.Tensor]) -> bool:
+    now = dict(list(model.named_parameters()) + list(model.named_buffers()))
+    return now.keys() == state.keys() and all(
+        torch.equal(now[n].detach().reshape(-1).view(torch.uint8), s.reshape(-1).view(torch.uint8))
+        if s.is_floating_point() else torch.equal(now[n], s) for n, s in state.items())
+
+
+def _grads(model, tok, text: str) -> None:
+    model.zero_grad(set_to_none=True)
+    x = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]])
+    model(input_ids=x, labels=x).loss.backward()
+
+
 def test_finetuning_changes_bpb_and_resets_bitwise(tiny):
     model, tok = tiny
     snap = WeightSnapshot(model)
+    before = _clone_state(model)
     cfg = TTFTConfig(lr=1e-2, eval_every=1)
     out = finetune_and_evaluate(model, tok, EVAL, TRAIN, cfg)
     assert out.steps == 3
     assert out.bpb_after != out.bpb_before
     assert [s for s, _ in out.bpb_curve] == [0, 1, 2, 3]
     assert out.bpb_curve[0][1] == out.bpb_before and out.bpb_curve[-1][1] == out.bpb_after
-    assert snap.equals(model), "weights must be restored bit for bit"
+    assert _bitwise_equal(model, before), "weights must be restored bit for bit"
+    assert snap.equals(model)
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
     assert bits_per_byte(model, tok, EVAL) == out.bpb_before
@@ -123,12 +144,113 @@ def test_finetuning_changes_bpb_and_resets_bitwise(tiny):
 def test_snapshot_detects_a_single_bit_change(tiny):
     model, _ = tiny
     snap = WeightSnapshot(model)
+    w = model.model.norm.weight
     with torch.no_grad():
-        w = model.model.norm.weight
         w.view(torch.int32)[0] ^= 1  # flip the lowest mantissa bit
+    # The snapshot references the weights, so it cannot undo an in-place write; its checksum sees it.
     assert not snap.equals(model)
+    with torch.no_grad():
+        w.view(torch.int32)[0] ^= 1
+    assert snap.equals(model)
+    # Buffers are cloned: a changed buffer is detected and restored.
+    name, buf = next((n, b) for n, b in model.named_buffers() if b.is_floating_point())
+    with torch.no_grad():
+        buf.view(torch.int32)[0] ^= 1
+    assert not snap.equals(model), name
     snap.restore(model)
     assert snap.equals(model)
+
+
+def test_reset_is_a_pointer_swap_back_to_never_written_base_tensors(tiny):
+    model, tok = tiny
+    before = _clone_state(model)
+    base_ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
+    snap = WeightSnapshot(model)
+    out = finetune_and_evaluate(model, tok, EVAL, TRAIN, TTFTConfig(lr=1e-2), snapshot=snap)
+    assert out.steps == 3 and out.bpb_after != out.bpb_before
+    assert {n: p.data_ptr() for n, p in model.named_parameters()} == base_ptrs  # the same storage again
+    assert _bitwise_equal(model, before) and snap.equals(model)
+    # Training ran on the work buffers (distinct storage), which now hold the trained weights.
+    slots = snap._slots.values()
+    assert all(s.work is not None and s.work.data_ptr() != s.base.data_ptr() for s in slots)
+    assert any(not torch.equal(s.work, s.base) for s in slots)
+
+
+def test_tied_weights_stay_tied_through_the_swap(tiny):
+    model, tok = tiny
+    emb, head = model.model.embed_tokens, model.lm_head
+    assert head.weight is emb.weight  # the fixture ties them, as SmolLM2 does
+    snap = WeightSnapshot(model)
+    _grads(model, tok, TRAIN[0])
+    optimizer = torch.optim.Adam([p for p in model.parameters()], lr=1e-2, fused=True)
+    snap.first_adam_step(optimizer)
+    work = snap._slots["model.embed_tokens.weight"].work
+    assert head.weight is emb.weight and emb.weight.data_ptr() == work.data_ptr()
+    snap.restore(model)
+    assert head.weight is emb.weight and snap.equals(model)
+
+
+def test_manual_first_step_then_fused_adam_matches_torch_adam(tiny, tiny_lm_dir):
+    """Two steps: ours (out-of-place step 1, fused step 2) against torch's Adam run twice in place."""
+    model, tok = tiny
+    before = _clone_state(model)
+    snap = WeightSnapshot(model)
+    for fused in (False, True):
+        reference, _ = load_causal_lm(tiny_lm_dir)
+        ours = torch.optim.Adam(list(model.parameters()), lr=1e-2, eps=1e-8, fused=fused)
+        theirs = torch.optim.Adam(list(reference.parameters()), lr=1e-2, eps=1e-8, fused=fused)
+        for i, text in enumerate(TRAIN[:2]):
+            _grads(model, tok, text)
+            _grads(reference, tok, text)
+            snap.first_adam_step(ours) if i == 0 else ours.step()
+            theirs.step()
+            for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+                if i == 0 and not fused:  # same ops in the same order as torch's single-tensor Adam
+                    assert torch.equal(p, q), name
+                torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-7, msg=name)
+                s, r = ours.state[p], theirs.state[q]
+                assert s["step"].dtype == r["step"].dtype and s["step"].device == r["step"].device
+                assert float(s["step"]) == float(r["step"]) == i + 1
+                torch.testing.assert_close(s["exp_avg_sq"], r["exp_avg_sq"], rtol=1e-5, atol=1e-12)
+        snap.restore(model)
+        assert _bitwise_equal(model, before)
+
+
+def test_work_buffers_are_allocated_once_and_reused_across_prompts(tiny):
+    model, tok = tiny
+    snap = WeightSnapshot(model)
+    cfg = TTFTConfig(lr=1e-2)
+    first = finetune_and_evaluate(model, tok, EVAL, TRAIN, cfg, snapshot=snap)
+    buffers = {n: (s.work, s.exp_avg, s.exp_avg_sq) for n, s in snap._slots.items()}
+    ptrs = {n: tuple(t.data_ptr() for t in b) for n, b in buffers.items()}
+    second = finetune_and_evaluate(model, tok, EVAL, TRAIN, cfg, snapshot=snap)
+    assert second.bpb_after == first.bpb_after  # moments overwritten, not carried over
+    for n, s in snap._slots.items():
+        assert all(a is b for a, b in zip((s.work, s.exp_avg, s.exp_avg_sq), buffers[n])), n
+        assert tuple(t.data_ptr() for t in (s.work, s.exp_avg, s.exp_avg_sq)) == ptrs[n], n
+    # Without a snapshot argument, one kept per model object is reused the same way.
+    finetune_and_evaluate(model, tok, EVAL, TRAIN, cfg)
+    kept = ttft._SNAPSHOTS[model]
+    work = {n: s.work.data_ptr() for n, s in kept._slots.items()}
+    finetune_and_evaluate(model, tok, EVAL, TRAIN, cfg)
+    assert ttft._SNAPSHOTS[model] is kept and {n: s.work.data_ptr() for n, s in kept._slots.items()} == work
+
+
+def test_snapshot_refuses_what_it_cannot_swap(tiny, tiny_lm_dir):
+    model, tok = tiny
+    other, _ = load_causal_lm(tiny_lm_dir)
+    with pytest.raises(ValueError, match="snapshot"):
+        finetune_and_evaluate(model, tok, EVAL, TRAIN, TTFTConfig(), snapshot=WeightSnapshot(other))
+    snap = WeightSnapshot(model)
+    _grads(model, tok, TRAIN[0])
+    with pytest.raises(ValueError, match="weight_decay"):
+        snap.first_adam_step(torch.optim.Adam(list(model.parameters()), weight_decay=0.1))
+    with pytest.raises(ValueError, match="restore"):
+        WeightSnapshot(other).restore(model)
+    # Two distinct Parameters over one storage would come untied by a swap.
+    other.lm_head.weight = torch.nn.Parameter(other.model.embed_tokens.weight.detach())
+    with pytest.raises(ValueError, match="share storage"):
+        WeightSnapshot(other)
 
 
 def test_optimizer_is_fresh_for_every_prompt(tiny):
