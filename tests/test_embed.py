@@ -50,6 +50,25 @@ def test_rows_are_unit_norm_mean_pooled_and_in_input_order(tiny):
     assert tiny.encode([]).shape == (0, tiny.dim)
 
 
+def test_batches_pad_like_the_tokenizer_itself(tiny):
+    """Our one-call tokenization + numpy padding gives what ``tokenizer(batch, padding=True)`` gives."""
+    encoded = tiny.tokenizer(TEXTS, truncation=True, max_length=64)
+    rows = np.array([3, 0, 2])
+    ours = tiny._pad(encoded, rows)
+    theirs = tiny.tokenizer([TEXTS[i] for i in rows], padding=True, truncation=True, max_length=64, return_tensors="pt")
+    assert set(ours) == set(theirs.keys())
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name].long()), name
+    tiny.tokenizer.padding_side = "left"
+    try:
+        left = tiny._pad(encoded, rows)
+        theirs = tiny.tokenizer([TEXTS[i] for i in rows], padding=True, return_tensors="pt")
+        assert torch.equal(left["input_ids"], theirs["input_ids"].long())
+        assert left["attention_mask"][2, 0] == 0 and left["attention_mask"][2, -1] == 1
+    finally:
+        tiny.tokenizer.padding_side = "right"
+
+
 def test_id_is_stable_and_names_what_changes_the_embedding(tiny_encoder_dir, tiny):
     assert Embedder(tiny_encoder_dir, max_length=64).id == tiny.id
     assert Embedder(tiny_encoder_dir, max_length=32).id != tiny.id
@@ -108,3 +127,18 @@ def test_real_minilm_scores_related_sentences_higher():
     ])
     assert a @ b > a @ c + 0.2 and a @ b > a @ d + 0.2
     assert c @ d > c @ a + 0.2
+
+
+@pytest.mark.slow
+def test_real_minilm_equals_sentence_transformers_encode():
+    """Same φ as the reference implementation: sentence-transformers' encode on the same folder."""
+    from sentence_transformers import SentenceTransformer
+
+    from sift.embed import default_embedder_path
+
+    texts = TEXTS + ["x " * 300, "The Nile is a river in Africa.", "import os\nprint(os.getcwd())"]
+    ours = Embedder(max_length=128, batch_size=3)  # batches of 3: mixed lengths, padding inside batches
+    ref = SentenceTransformer(str(default_embedder_path()), device="cpu")
+    ref.max_seq_length = 128
+    theirs = ref.encode(texts, batch_size=3, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(ours.encode(texts), theirs, rtol=0, atol=1e-6)
