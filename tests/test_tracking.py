@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,9 +19,19 @@ from conftest import make_result_rows
 from flows.config import EvaluateConfig
 from tracking import plots
 from tracking._summary import bootstrap_mean, summarize
-from tracking.log import NullLogger, clean_key, metric_key, result_metrics, selection_table, tracking_run
+from tracking.log import (
+    NullLogger,
+    RunTerminated,
+    clean_key,
+    metric_key,
+    owner_alive,
+    owner_tags,
+    result_metrics,
+    selection_table,
+    tracking_run,
+)
 from tracking.store import TrackingUnreachable, check_reachable, default_tracking_uri, get_or_create_experiment
-from tracking.ui import server_command, server_env
+from tracking.ui import reap_store, server_command, server_env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("plots/bpb_by_method_domain.png", "plots/bpb_gain_by_method_domain.png",
@@ -322,3 +336,123 @@ def test_ui_server_command_is_loopback_one_worker_no_jobs(store):
         server_command(tracking_uri="http://127.0.0.1:5000")
     with pytest.raises(ValueError, match="port"):
         server_command(port=70000)
+
+
+# A flow that opens a parent run and one child run, says so, then dies: by SIGKILL (no cleanup can run)
+# or by waiting for the test's SIGTERM.
+DYING_FLOW = """
+import os, signal, sys, time
+from tracking.log import tracking_run
+with tracking_run({"n": 1}, experiment=sys.argv[1], run_name="dies") as tracker:
+    with tracker._child("in-flight", {}) as child_id:
+        print(tracker.run_id, child_id, flush=True)
+        if sys.argv[2] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(120)
+"""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dying_flows(store):
+    """Both DYING_FLOW subprocesses ("kill", "term"), started together so their imports of MLflow
+    overlap; each maps to (process, parent run id, child run id) once both runs exist."""
+    procs = {how: subprocess.Popen([sys.executable, "-c", DYING_FLOW, f"tracking-test-{how}", how], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for how in ("kill", "term")}
+    try:
+        flows = {}
+        for how, proc in procs.items():
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait(timeout=30)
+                pytest.fail(f"the {how} flow died before opening its runs:\n{proc.stderr.read()[-3000:]}")
+            flows[how] = (proc, *line.split())
+        yield flows
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.slow  # `dying_flows`: two subprocesses that import mlflow, ~5-10 s on 2 busy cores
+def test_sigkilled_flow_runs_are_reaped_by_the_next_run_on_this_host(dying_flows, client):
+    proc, parent_id, child_id = dying_flows["kill"]
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert {client.get_run(r).info.status for r in (parent_id, child_id)} == {"RUNNING"}  # what we fix
+    exp_id = client.get_run(parent_id).info.experiment_id
+    # Runs the reaper must leave alone: ours (alive), another host's, and one without owner tags.
+    mine = client.create_run(exp_id, run_name="alive", tags=owner_tags()).info.run_id
+    elsewhere = client.create_run(exp_id, run_name="elsewhere",
+                                  tags={**owner_tags(), "sift.host": "another-host"}).info.run_id
+    untagged = client.create_run(exp_id, run_name="untagged").info.run_id
+    # Our PID with another start time: the PID was reused by us, the owner is gone.
+    reused = client.create_run(exp_id, run_name="reused-pid",
+                               tags={**owner_tags(), "sift.start": "old-boot:1"}).info.run_id
+
+    with tracking_run({"n": 1}, experiment="tracking-test-kill", run_name="next") as tracker:
+        pass
+    for run_id in (parent_id, child_id, reused):
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED" and run.data.tags["sift.reaped"] == "owner process gone"
+    for run_id in (mine, elsewhere, untagged):
+        run = client.get_run(run_id)
+        assert run.info.status == "RUNNING" and "sift.reaped" not in run.data.tags
+        client.set_terminated(run_id, "FINISHED")  # leave no RUNNING run behind for later tests
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    dead_tags = client.get_run(parent_id).data.tags
+    assert dead_tags["sift.pid"] == str(proc.pid) and dead_tags["sift.host"] == socket.gethostname()
+    # `sift-ttft ui` reaps every experiment of the store before serving.
+    other_exp = get_or_create_experiment("tracking-test-kill-ui")
+    orphan = client.create_run(other_exp, tags={k: dead_tags[k] for k in ("sift.pid", "sift.host", "sift.start")
+                                                if k in dead_tags}).info.run_id
+    assert orphan in reap_store(default_tracking_uri())
+    assert client.get_run(orphan).info.status == "FAILED"
+
+
+@pytest.mark.slow  # shares `dying_flows`
+def test_sigtermed_flow_marks_its_runs_killed_and_still_dies_by_sigterm(dying_flows, client):
+    proc, parent_id, child_id = dying_flows["term"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == -signal.SIGTERM  # the default handler still ends the process
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "KILLED" and "SIGTERM" in parent.data.tags["error"]
+    assert client.get_run(child_id).info.status == "KILLED"
+
+
+def test_sigterm_raises_inside_the_block_then_reaches_the_previous_handler(store, client):
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with pytest.raises(RunTerminated):
+            with tracking_run({"n": 1}, experiment="tracking-test-crash", run_name="terminated") as tracker:
+                assert signal.getsignal(signal.SIGTERM) is not previous
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                pytest.fail("SIGTERM must interrupt the block")
+        assert received == [signal.SIGTERM]  # passed on, not swallowed
+        assert client.get_run(tracker.run_id).info.status == "KILLED"
+        handler = signal.getsignal(signal.SIGTERM)
+        with tracking_run({"n": 1}, experiment="tracking-test-crash", run_name="restores"):
+            pass
+        assert signal.getsignal(signal.SIGTERM) is handler  # restored on a normal exit too
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_owner_alive_tells_live_dead_zombie_and_reused_pids():
+    tags = owner_tags()
+    assert tags["sift.pid"] == str(os.getpid()) and tags["sift.host"] == socket.gethostname()
+    assert owner_alive(os.getpid(), tags.get("sift.start"))
+    assert not owner_alive(os.getpid(), "old-boot:1")  # same PID, another process
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not owner_alive(zombie.pid)  # exited, not yet waited for: it will never end its runs
+    zombie.wait()
+    assert not owner_alive(zombie.pid)
+    with pytest.raises(ValueError, match="pid"):
+        owner_alive(0)

@@ -14,8 +14,14 @@ Usage (flows)::
         for row in rows: tracker.log_result(row)
         tracker.log_summary(rows)
 
-A crash inside the ``with`` marks the parent and any open child run FAILED (KILLED on Ctrl-C), never
-RUNNING. ``enabled=False`` yields a ``NullLogger`` with the same methods that records nothing.
+A crash inside the ``with`` marks the parent and any open child run FAILED (KILLED on Ctrl-C or SIGTERM),
+never RUNNING. ``enabled=False`` yields a ``NullLogger`` with the same methods that records nothing.
+
+A process that dies without running Python's cleanup (SIGKILL, the OOM killer, a power cut) cannot end
+its runs. So every run carries its owner process (tags ``sift.pid``, ``sift.host``, ``sift.start``), and
+each ``tracking_run`` first marks FAILED (tag ``sift.reaped``) the RUNNING runs of its experiment whose
+owner on this host is gone (``reap_orphan_runs``). Runs owned by another host are left RUNNING: from
+here we cannot tell whether their process is alive; they are reaped by the next run on that host.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ import contextlib
 import io
 import json
 import math
+import logging
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +57,13 @@ from tracking.store import check_reachable, default_tracking_uri, get_or_create_
 PACKAGES = ("sift-ttft", "torch", "transformers", "datasets", "faiss-cpu", "numpy", "peft", "prefect", "mlflow",
             "optuna")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+# Tags naming the process that owns a run, so a later process can tell a live run from an orphan.
+OWNER_PID, OWNER_HOST, OWNER_START, REAPED = "sift.pid", "sift.host", "sift.start", "sift.reaped"
+REAPED_REASON = "owner process gone"
+_PROC = Path("/proc")
+
+log = logging.getLogger(__name__)
 
 
 def metric_key(*parts: Any) -> str:
@@ -218,6 +235,154 @@ def summary_csv(summary: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
+def _linux_stat(pid: int) -> tuple[str, str] | None:
+    """(state, starttime) from ``/proc/<pid>/stat`` (fields 3 and 22; starttime = clock ticks after
+    boot), or None when the process is gone or this is not Linux."""
+    try:
+        text = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the command name (field 2) may hold spaces and ")"
+    return fields[0], fields[19]
+
+
+def _boot_id() -> str:
+    """This boot's id: PIDs and start ticks restart at every boot, so a start time names a process
+    only together with the boot it belongs to."""
+    try:
+        return (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def process_start(pid: int) -> str | None:
+    """``"<boot id>:<start ticks>"`` of a live process on Linux, None elsewhere or when it is gone.
+
+    Two processes with the same PID (the kernel reuses them) have different start values, so
+    (pid, start) names one process for the life of the machine.
+    """
+    stat = _linux_stat(pid)
+    return None if stat is None else f"{_boot_id()}:{stat[1]}"
+
+
+def owner_tags() -> dict[str, str]:
+    """The tags that name this process as a run's owner: ``sift.pid``, ``sift.host`` and, on Linux,
+    ``sift.start`` (``process_start``; without it only "is the PID alive" can be checked)."""
+    tags = {OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
+    start = process_start(os.getpid())
+    if start is not None:
+        tags[OWNER_START] = start
+    return tags
+
+
+def owner_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process ``pid`` on this host still runs and is the one that started at ``start``.
+
+    Dead: no such PID; a zombie (it has exited and will never write again); or, when ``start`` is given
+    and ``/proc`` can say, a different start time (the PID was reused). Without ``/proc`` (not Linux),
+    a live PID counts as alive. A PID owned by another user (``PermissionError``) still exists.
+    """
+    if pid <= 0:
+        raise ValueError(f"pid must be > 0, got {pid}")  # os.kill(0, …) would address our process group
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if not (_PROC / "self" / "stat").exists():
+        return True
+    stat = _linux_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
+        return False
+    return not start or f"{_boot_id()}:{stat[1]}" == start
+
+
+def _orphaned(tags: Mapping[str, str], host: str) -> bool:
+    """True when the run's owner tags name a process on ``host`` that is gone; runs without owner tags
+    (made by other tools) and runs of other hosts are never orphans here."""
+    if tags.get(OWNER_HOST) != host:
+        return False
+    try:
+        pid = int(tags.get(OWNER_PID, ""))
+    except ValueError:
+        return False
+    return pid > 0 and not owner_alive(pid, tags.get(OWNER_START))
+
+
+def reap_orphan_runs(client: Any, experiment_ids: Sequence[str]) -> list[str]:
+    """Mark FAILED, with tag ``sift.reaped=owner process gone``, every RUNNING run of the experiments
+    whose owner (``owner_tags``) ran on this host and is no longer alive; return their run ids.
+
+    Why: a SIGKILL'd flow never runs its ``finally``, so its parent and child runs would otherwise
+    stay RUNNING forever. Runs owned by other hosts are left alone (their processes cannot be seen
+    from here). Costs one ``search_runs`` per page of RUNNING runs.
+    """
+    if not experiment_ids:
+        return []
+    host = socket.gethostname()
+    reaped: list[str] = []
+    token = None
+    while True:
+        page = client.search_runs(list(experiment_ids), filter_string="attributes.status = 'RUNNING'",
+                                  max_results=1000, page_token=token)
+        for run in page:
+            if _orphaned(run.data.tags, host):
+                client.set_tag(run.info.run_id, REAPED, REAPED_REASON)
+                client.set_terminated(run.info.run_id, "FAILED")
+                reaped.append(run.info.run_id)
+        token = page.token
+        if not token:
+            return reaped
+
+
+class RunTerminated(BaseException):
+    """SIGTERM arrived while a ``tracking_run`` was open. A ``BaseException`` (like ``KeyboardInterrupt``)
+    so that ``except Exception`` in flow code does not swallow a request to stop."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(f"received {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While open (in the main thread), SIGTERM raises ``RunTerminated`` instead of ending the process
+    on the spot, so ``tracking_run`` can mark its runs KILLED. On leaving, the previous handler is
+    restored; if ``RunTerminated`` leaves the block, the signal is passed on to that handler (the
+    default one then ends the process with SIGTERM as if we had never been there; Prefect's raises its
+    own ``TerminationSignal``). Elsewhere than the main thread, or when SIGTERM is ignored or handled
+    outside Python, this does nothing: signal handlers can only be set in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):
+        yield
+        return
+    armed = [True]
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        # One exception only: a second SIGTERM while the runs are being marked must not cut that short.
+        if armed[0]:
+            armed[0] = False
+            raise RunTerminated(signum)
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    except RunTerminated as err:
+        signal.signal(signal.SIGTERM, previous)
+        if previous is signal.SIG_DFL:
+            os.kill(os.getpid(), err.signum)  # dies here, with the exit status a SIGTERM gives
+        elif callable(previous):
+            previous(err.signum, None)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class NullLogger:
     """The ``--no-tracking`` logger: the same methods as ``MlflowLogger``, recording nothing.
 
@@ -309,17 +474,21 @@ class MlflowLogger:
 
     @contextlib.contextmanager
     def _child(self, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
-        """A child run that ends FINISHED, or FAILED if logging into it raises."""
+        """A child run that ends FINISHED, FAILED if logging into it raises, KILLED on Ctrl-C/SIGTERM."""
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         with self._lock:
             self._check_open()
             run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                         tags={MLFLOW_PARENT_RUN_ID: self.run_id, **tags})
+                                         tags={MLFLOW_PARENT_RUN_ID: self.run_id, **owner_tags(), **tags})
             child_id = run.info.run_id
             self._open_children.add(child_id)
             try:
                 yield child_id
+            except (KeyboardInterrupt, RunTerminated):
+                self.client.set_terminated(child_id, "KILLED")
+                self._open_children.discard(child_id)
+                raise
             except BaseException:
                 self.client.set_terminated(child_id, "FAILED")
                 self._open_children.discard(child_id)
@@ -462,8 +631,10 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
 
     Before anything is created the tracking URI is checked (``check_reachable``), so an unreachable
     server fails in seconds with ``TrackingUnreachable``. On leaving the block the run ends FINISHED;
-    an exception marks it (and open child runs) FAILED with an ``error`` tag, Ctrl-C marks it KILLED,
-    and the exception propagates.
+    an exception marks it (and open child runs) FAILED with an ``error`` tag, Ctrl-C or SIGTERM
+    (``sigterm_raises``, main thread only) marks it KILLED, and the exception or signal propagates.
+    Every run gets ``owner_tags``; before creating the parent, orphaned runs of the experiment are
+    marked FAILED (``reap_orphan_runs``; a failure to reap is logged, never fatal).
     """
     if not enabled:
         yield NullLogger()
@@ -474,21 +645,32 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
     uri = check_reachable(tracking_uri or default_tracking_uri(), timeout=reachability_timeout)
     experiment_id = get_or_create_experiment(experiment, uri)
     client = MlflowClient(tracking_uri=uri)
+    try:
+        reaped = reap_orphan_runs(client, [experiment_id])
+        if reaped:
+            log.warning("marked %d run(s) FAILED whose process died without ending them: %s", len(reaped),
+                        ", ".join(reaped))
+    except Exception as err:  # noqa: BLE001 — stale bookkeeping must not stop a new flow run
+        log.warning("could not check experiment %s for orphaned runs: %s", experiment, err)
     all_params = run_params(config, params)
-    run_tags = {MLFLOW_SOURCE_NAME: "sift-ttft", MLFLOW_USER: _user(),
+    run_tags = {MLFLOW_SOURCE_NAME: "sift-ttft", MLFLOW_USER: _user(), **owner_tags(),
                 **{k: str(v) for k, v in (tags or {}).items()}}
     if "git_commit" in all_params:
         run_tags[MLFLOW_GIT_COMMIT] = all_params["git_commit"]
-    run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
-    logger = MlflowLogger(client, experiment_id, run.info.run_id, uri)
-    try:
-        logger.log_params(all_params)
-        yield logger
-    except KeyboardInterrupt:
-        logger._finish("KILLED", "KeyboardInterrupt")
-        raise
-    except BaseException as err:
-        logger._finish("FAILED", f"{type(err).__name__}: {err}")
-        raise
-    else:
-        logger._finish("FINISHED")
+    with sigterm_raises():
+        run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+        logger = MlflowLogger(client, experiment_id, run.info.run_id, uri)
+        try:
+            logger.log_params(all_params)
+            yield logger
+        except KeyboardInterrupt:
+            logger._finish("KILLED", "KeyboardInterrupt")
+            raise
+        except RunTerminated as err:
+            logger._finish("KILLED", f"RunTerminated: {err}")
+            raise
+        except BaseException as err:
+            logger._finish("FAILED", f"{type(err).__name__}: {err}")
+            raise
+        else:
+            logger._finish("FINISHED")

@@ -95,12 +95,34 @@ def stop_server(process: subprocess.Popen, timeout: float = 10.0) -> None:
         pass
 
 
+def reap_store(tracking_uri: str) -> list[str]:
+    """Mark FAILED the RUNNING runs, in every experiment of the store, whose owner process on this host
+    is gone (``tracking.log.reap_orphan_runs``), so the UI does not show dead flows as running.
+    Returns their ids; a failure is printed as a warning and never stops the UI."""
+    try:
+        from mlflow import MlflowClient
+
+        from tracking.log import reap_orphan_runs
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        experiment_ids = [e.experiment_id for e in client.search_experiments(max_results=50000)]
+        reaped = reap_orphan_runs(client, experiment_ids)
+    except Exception as err:  # noqa: BLE001 — bookkeeping; the UI is still useful without it
+        print(f"sift-ttft ui: warning: could not check for orphaned runs: {err}", file=sys.stderr)
+        return []
+    if reaped:
+        print(f"Marked {len(reaped)} run(s) FAILED whose process died without ending them.", flush=True)
+    return reaped
+
+
 def serve(host: str = "127.0.0.1", port: int = 5000, tracking_uri: str | None = None) -> int:
     """Run the MLflow UI in the foreground until Ctrl-C; print its URL once it is up; return the exit code.
 
-    This is what ``sift-ttft ui`` calls. Bind to another host only on purpose: the UI has no login.
+    This is what ``sift-ttft ui`` calls. First ``reap_store`` ends runs whose process died (SIGKILL).
+    Bind to another host only on purpose: the UI has no login.
     """
     url = f"http://{host}:{port}"
+    reap_store(check_reachable(tracking_uri or default_tracking_uri()))
     process = start_server(host, port, tracking_uri)
     try:
         print(f"Starting MLflow UI on {url} (store: {tracking_uri or default_tracking_uri()}) ...", flush=True)
