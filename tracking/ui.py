@@ -122,7 +122,9 @@ def serve(host: str = "127.0.0.1", port: int = 5000, tracking_uri: str | None = 
     Bind to another host only on purpose: the UI has no login.
     """
     url = f"http://{host}:{port}"
-    reap_store(check_reachable(tracking_uri or default_tracking_uri()))
+    uri = check_reachable(tracking_uri or default_tracking_uri())
+    if not is_remote(uri):  # a server URI is refused by start_server: say so before any slower work
+        reap_store(uri)
     process = start_server(host, port, tracking_uri)
     try:
         print(f"Starting MLflow UI on {url} (store: {tracking_uri or default_tracking_uri()}) ...", flush=True)
