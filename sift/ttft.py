@@ -7,8 +7,8 @@ Protocol (Hübotter et al. 2024, following Hardt & Sun's TTT-NN):
   optimizer for every prompt, up to ``Selection.stop`` steps (adaptive stopping when α is set);
 - bits per byte of the model on the prompt's text before and after;
 - restore the model bitwise to its weights on entry without copying or reloading them: the first
-  step writes its result into a second buffer and later steps update that one, so the entry weights
-  are never written and the reset is a pointer swap back to them (``WeightSnapshot``).
+  step moves the weights into a second, reused buffer and all steps update that one, so the entry
+  weights are never written and the reset is a pointer swap back to them (``WeightSnapshot``).
 
 Decisions worth knowing:
 - ``split=F`` cuts the prompt at a token boundary: the first ⌊F·T⌋ tokens are the query (embedded
@@ -387,11 +387,11 @@ class WeightSnapshot:
     Double buffering. The snapshot keeps *references* to the parameters' tensors (the "base") and,
     per trained parameter, a "work" tensor and Adam's two moment tensors, allocated on first use
     and reused by every later prompt (no allocation, no page faults per prompt).
-    ``first_adam_step`` computes a prompt's first Adam update out of place, work = base − update,
-    points each parameter at its work tensor (``p.data = work``) and seeds the optimiser's state,
-    so later steps run the normal (fused) optimiser in place on work. ``restore`` points every
-    parameter back at its base (``p.data = base``): the base is never written, so the restored
-    model is bitwise the snapshot's by construction, for the price of a few hundred pointer swaps.
+    ``first_adam_step`` points each parameter at its work tensor (``p.data = work``, filled from
+    the base), seeds the optimiser's state with the reused moments, and steps: this and every later
+    step of the prompt write the work tensors only. ``restore`` points every parameter back at its
+    base (``p.data = base``): the base is never written, so the restored model is bitwise the
+    snapshot's by construction, for the price of a few hundred pointer swaps.
     Buffers are cloned (they are small, and some, like BatchNorm statistics, change in training)
     and copied back. Tied weights must be one Parameter, as Hugging Face ties them (counted once);
     distinct parameters sharing storage are refused, since swapping one would untie them.
@@ -423,24 +423,27 @@ class WeightSnapshot:
             named[n] is s.param and s.holds_base() for n, s in self._slots.items())
 
     def first_adam_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Take ``optimizer``'s first step out of place: work = base − Adam's step-1 update.
+        """Take a fresh Adam's first step on the work buffers: each base is read, never written.
 
-        For a fresh ``torch.optim.Adam`` (fused or not; no weight decay, amsgrad or maximize) over
-        parameters of this snapshot, with gradients in ``p.grad`` and each parameter at its base:
-            m = (1−β1)·g,  v = (1−β2)·g²,  work = base − lr/(1−β1) · m / (√v / √(1−β2) + eps)
-        (torch's Adam formula at step 1 from zero moments). Then ``p.data = work`` and the
-        optimiser's state becomes {step: 1, exp_avg: m, exp_avg_sq: v} in the form torch expects,
-        so ``optimizer.step()`` continues from there. A parameter without gradient is copied to its
-        work tensor unchanged (Adam skips it), so no later step can write a base tensor.
+        For every parameter p of ``optimizer`` (a fresh ``torch.optim.Adam`` or ``AdamW``, fused or
+        not, without amsgrad) that is at its base: work ← base, ``p.data = work``, and Adam's state
+        ← {step: 0, exp_avg: 0, exp_avg_sq: 0} in reused buffers (what Adam's lazy initialisation
+        creates, without allocating 2× the model in fresh, page-faulting memory); then
+        ``optimizer.step()``. The update is torch's own (fused) kernel on the same numbers as an
+        in-place first step, so the result is bitwise the same as without the snapshot.
+
+        Why a copy and not the update computed out of place, work = base − lr·m̂/(√v̂ + eps): that
+        takes six unfused element-wise passes, measured ~50 ms slower per prompt than one copy,
+        two zero fills and the fused kernel on SmolLM2-135M (2 CPU threads; benchmarks/ttft.py
+        --reset-only compares both). The copy is the price of never writing the base.
         """
+        if not isinstance(optimizer, torch.optim.Adam) and not isinstance(optimizer, torch.optim.AdamW):
+            raise ValueError(f"first_adam_step needs torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
         with torch.no_grad():
             for group in optimizer.param_groups:
-                unsupported = [k for k in ("weight_decay", "amsgrad", "maximize", "differentiable") if group.get(k)]
-                if unsupported:
-                    raise ValueError(f"first_adam_step supports plain Adam only; this optimizer sets {unsupported}")
-                beta1, beta2 = group["betas"]
-                lr = float(group["lr"])
-                fused_or_capturable = bool(group.get("fused") or group.get("capturable"))
+                if group.get("amsgrad"):
+                    raise ValueError("first_adam_step does not support amsgrad=True")
+                fused = bool(group.get("fused"))
                 for p in group["params"]:
                     slot = self._by_param.get(id(p))
                     if slot is None or slot.param is not p:
@@ -452,18 +455,17 @@ class WeightSnapshot:
                     if not slot.holds_base():
                         raise ValueError(f"first_adam_step: {slot.name!r} is not at the snapshot's weights")
                     work = slot.work_buffer()
-                    if p.grad is None:
-                        work.copy_(slot.base)
-                        p.data = work
-                        continue
-                    exp_avg, exp_avg_sq = slot.moment_buffers()
-                    _adam_first_update(slot.base, p.grad, exp_avg, exp_avg_sq, work, lr, beta1, beta2,
-                                       float(group["eps"]))
+                    work.copy_(slot.base)
                     p.data = work
-                    # What Adam's lazy state initialisation creates, one step further along.
-                    step = (torch.ones((), dtype=_step_dtype(bool(group.get("fused"))), device=p.device)
-                            if fused_or_capturable else torch.tensor(1.0, dtype=_step_dtype(False)))
+                    if p.grad is None:
+                        continue  # Adam skips it now; it would initialise its own state if a gradient came later
+                    exp_avg, exp_avg_sq = slot.moment_buffers()
+                    exp_avg.zero_()
+                    exp_avg_sq.zero_()
+                    step = (torch.zeros((), dtype=_step_dtype(fused), device=p.device)
+                            if fused or group.get("capturable") else torch.tensor(0.0, dtype=_step_dtype(False)))
                     optimizer.state[p] = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        optimizer.step()
 
     def restore(self, model: torch.nn.Module) -> None:
         """Point every parameter back at its base tensor and copy the buffers back.
@@ -529,23 +531,6 @@ def _checksum(t: torch.Tensor) -> int:
     for dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
         if raw.numel() % dtype.itemsize == 0:
             return int(raw.view(dtype).sum(dtype=dtype)) if raw.numel() else 0
-
-
-def _adam_first_update(base: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                       out: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float) -> None:
-    """Adam's first step from zero moments, out of place, with torch.optim.Adam's own ops in its order
-    (so the result equals its single-tensor implementation bit for bit):
-        exp_avg = (1−β1)·g,  exp_avg_sq = 0 + (1−β2)·g·g,
-        out = base − lr/(1−β1) · exp_avg / (√exp_avg_sq / √(1−β2) + eps).
-    ``out`` doubles as the denominator's scratch, so nothing is allocated. (Cutting the tensors into
-    cache-sized chunks gained nothing measurable on CPU: these ops are not all memory-bound there.)
-    """
-    zero = torch.zeros((), dtype=exp_avg_sq.dtype, device=exp_avg_sq.device)
-    torch.mul(grad, 1 - beta1, out=exp_avg)  # = exp_avg.lerp_(grad, 1 − β1) from zero
-    torch.addcmul(zero, grad, grad, value=1 - beta2, out=exp_avg_sq)  # = 0·β2 + (1−β2)·g·g
-    torch.sqrt(exp_avg_sq, out=out)
-    out.div_(math.sqrt(1 - beta2)).add_(eps)
-    torch.addcdiv(base, exp_avg, out, value=-lr / (1 - beta1), out=out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -657,8 +642,8 @@ def finetune_and_evaluate(model, tokenizer, eval_text: str, train_texts: Sequenc
     ``snapshot``: a ``WeightSnapshot`` of the model's current weights (its work buffers then serve
     every prompt); when None, one kept per model object is used (taken anew if the model's
     parameters were replaced). Full fine-tuning takes the first step with
-    ``snapshot.first_adam_step`` (out of place) and the rest with fused Adam in place on the work
-    buffers; the reset swaps the base tensors back (no copy).
+    ``snapshot.first_adam_step`` (onto the work buffers) and the rest with fused Adam in place on
+    them; the reset swaps the base tensors back (no copy).
     ``cfg.eval_every=k`` adds a bpb measurement after every k steps to ``bpb_curve``.
     FLOPs ≈ 6·P·tokens_train + 2·P·tokens_eval.
     """
@@ -730,7 +715,7 @@ def finetune_and_evaluate(model, tokenizer, eval_text: str, train_texts: Sequenc
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if swap and steps == 0:
-                snapshot.first_adam_step(optimizer)  # base → work, out of place: base is never written
+                snapshot.first_adam_step(optimizer)  # moves the weights to the work buffers: base is never written
             else:
                 optimizer.step()
             steps += 1
