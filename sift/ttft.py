@@ -382,14 +382,14 @@ class _Slot:
 
 
 class WeightSnapshot:
-    """A model's weights, restorable bit for bit by pointer swaps: no copy per prompt, no reload.
+    """A model's weights, restorable bit for bit by pointer swaps: no copy at reset, no reload.
 
     Double buffering. The snapshot keeps *references* to the parameters' tensors (the "base") and,
     per trained parameter, a "work" tensor and Adam's two moment tensors, allocated on first use
     and reused by every later prompt (no allocation, no page faults per prompt).
     ``first_adam_step`` points each parameter at its work tensor (``p.data = work``, filled from
-    the base), seeds the optimiser's state with the reused moments, and steps: this and every later
-    step of the prompt write the work tensors only. ``restore`` points every parameter back at its
+    the base: the one copy per prompt, inside step 1), seeds the optimiser's state with the reused
+    moments, and steps: this and every later step of the prompt write the work tensors only. ``restore`` points every parameter back at its
     base (``p.data = base``): the base is never written, so the restored model is bitwise the
     snapshot's by construction, for the price of a few hundred pointer swaps.
     Buffers are cloned (they are small, and some, like BatchNorm statistics, change in training)
