@@ -92,7 +92,10 @@ class Embedder:
         pooling and max_length (all of which change φ). Weight sizes, not contents: hashing 90 MB on
         every start costs seconds, and a different checkpoint of one architecture differs in config."""
         digest = hashlib.sha256()
-        digest.update(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode())
+        # The config minus where it was loaded from: the same model in another venv or checkout is the
+        # same embedding function (else moving the checkout would invalidate every index and cache).
+        config = {k: v for k, v in self.model.config.to_dict().items() if k != "_name_or_path"}
+        digest.update(json.dumps(config, sort_keys=True, default=str).encode())
         if folder.is_dir():
             for path in sorted(folder.rglob("*")):
                 if path.is_file() and path.suffix in (".safetensors", ".bin", ".json", ".txt"):

@@ -75,6 +75,15 @@ def test_id_is_stable_and_names_what_changes_the_embedding(tiny_encoder_dir, tin
     assert tiny.spec()["dim"] == 32 and tiny.spec()["max_length"] == 64
 
 
+def test_id_does_not_depend_on_where_the_model_lies(tmp_path, tiny_encoder_dir, tiny):
+    """The same model copied elsewhere (another checkout or venv) is the same embedding function."""
+    import shutil
+
+    copy = tmp_path / tiny_encoder_dir.parent.name / tiny_encoder_dir.name
+    shutil.copytree(tiny_encoder_dir, copy)
+    assert Embedder(copy, max_length=64).id == tiny.id
+
+
 def test_bad_arguments(tmp_path, tiny_encoder_dir, tiny):
     with pytest.raises(ValueError, match="could not be loaded"):
         Embedder(tmp_path / "nothing-here")
