@@ -109,53 +109,28 @@ def limit_prompts(prompts: list[dict], limit: Optional[int]) -> list[dict]:
 # ------------------------------------------------------------------------------------------ results
 
 
+def _as_dataclass(cls, values: dict):
+    """A library dataclass from a cached JSON dict (keys it does not know are ignored)."""
+    return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
 def compose_result(prompt: dict, cfg, selection: dict, outcome: dict) -> dict:
-    """The ``PromptResult.to_json()`` row of one (prompt, method) from its cached parts.
-
-    Mirrors ``sift.ttft.run_prompt`` (tests check the two agree); ``seconds.total`` is the sum of
-    the phases, i.e. the compute the row cost when it was first computed (cached rows keep it).
+    """The ``PromptResult.to_json()`` row of one (prompt, method) from its cached parts, assembled by
+    the library exactly as ``sift.ttft.run_prompt`` does; ``seconds.total`` is the sum of the phases,
+    i.e. the compute the row cost when it was first computed (cached rows keep it).
     """
-    from sift.ttft import PromptResult, PromptSelection
+    from sift.ttft import PromptSelection, TrainingOutcome, assemble_result
 
-    fields = PromptSelection.__dataclass_fields__
-    sel = PromptSelection(**{k: v for k, v in selection.items() if k in fields})
-    low_similarity = cfg.method != "base" and (sel.max_score is None or sel.max_score < cfg.min_similarity)
-    skipped_reason = None
-    if low_similarity and cfg.on_low_similarity == "skip":
-        skipped_reason = f"no candidate above similarity floor {cfg.min_similarity} (best {sel.max_score})"
-    elif sel.candidate_count == 0 and cfg.method != "base":
-        skipped_reason = "no candidates left after excluding the prompt's own document"
-    seconds = {
-        "embed": float(selection.get("seconds_embed", 0.0)),
-        "retrieval": sel.seconds_retrieval,
-        "selection": sel.seconds_selection,
-        "snapshot": outcome["seconds_snapshot"],
-        "train": outcome["seconds_train"],
-        "eval": outcome["seconds_eval"],
-        "reset": outcome["seconds_reset"],
-    }
-    seconds["total"] = float(sum(seconds.values()))
-    result = PromptResult(
-        prompt_id=str(prompt["id"]), method=cfg.method, domain=str(prompt.get("domain", "")),
-        bpb_before=outcome["bpb_before"], bpb_after=outcome["bpb_after"], steps=outcome["steps"],
-        uncertainties=sel.uncertainties, picked_ids=sel.doc_ids, picked_seq_ids=sel.seq_ids,
-        picked_domains=sel.domains, picked_scores=sel.scores, repeated=sel.repeated, seconds=seconds,
-        tokens=outcome["tokens_train"] + outcome["tokens_eval"], tokens_train=outcome["tokens_train"],
-        tokens_eval=outcome["tokens_eval"], flops=outcome["flops"], stopped_early=sel.stop < len(sel.seq_ids),
-        bpb_curve=[tuple(p) for p in outcome["bpb_curve"]], n=cfg.n, k=cfg.k, lam=cfg.lam, alpha=cfg.alpha,
-        candidate_count=sel.candidate_count, max_score=sel.max_score, low_similarity=bool(low_similarity),
-        skipped_reason=skipped_reason, eval_bytes=outcome.get("eval_bytes", 0),
-    )
+    result = assemble_result(prompt, cfg, _as_dataclass(PromptSelection, selection),
+                             _as_dataclass(TrainingOutcome, outcome), float(selection.get("seconds_embed", 0.0)))
     return result.to_json()
 
 
 def train_texts_of(selection: dict, cfg) -> list[str]:
-    """What ``run_prompt`` trains on: the first ``stop`` picks (none when skipping low similarity)."""
-    max_score = selection.get("max_score")
-    low = cfg.method != "base" and (max_score is None or max_score < cfg.min_similarity)
-    if low and cfg.on_low_similarity == "skip":
-        return []
-    return list(selection["texts"][: selection["stop"]])
+    """What ``run_prompt`` trains on: the library's training plan for this selection."""
+    from sift.ttft import PromptSelection, training_plan
+
+    return training_plan(_as_dataclass(PromptSelection, selection), cfg)[0]
 
 
 # ------------------------------------------------------------------------------------- the core

@@ -31,7 +31,7 @@ import math
 import time
 import warnings
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -764,7 +764,6 @@ def run_prompt(prompt: dict, model, tokenizer, embedder, index, cfg: TTFTConfig,
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"prompt {prompt.get('id') if isinstance(prompt, dict) else prompt!r}: "
                          "text is empty or whitespace only")
-    prompt_id = str(prompt.get("id", ""))
     if cfg.split is not None:
         query_text, eval_text = split_prompt(tokenizer, text, cfg.split, cfg.max_tokens)
         context = query_text
@@ -779,21 +778,43 @@ def run_prompt(prompt: dict, model, tokenizer, embedder, index, cfg: TTFTConfig,
     exclude = {str(v) for v in (prompt.get("id"), prompt.get("doc_id")) if v is not None}
     selection = choose_training_data(query_emb, index, cfg, exclude)
 
-    low_similarity = (cfg.method != "base" and (selection.max_score is None
-                                                 or selection.max_score < cfg.min_similarity))
+    train_texts, _, _ = training_plan(selection, cfg)
+    outcome = finetune_and_evaluate(model, tokenizer, eval_text, train_texts, cfg,
+                                    eval_context=context, snapshot=snapshot)
+    return assemble_result(prompt, cfg, selection, outcome, seconds_embed,
+                           total_seconds=time.perf_counter() - t_start)
+
+
+def training_plan(selection: PromptSelection, cfg: TTFTConfig) -> tuple[list[str], bool, str | None]:
+    """What to train on for a selection: ``(train_texts, low_similarity, skipped_reason)``.
+
+    Train on the first ``selection.stop`` picks. ``low_similarity``: a fine-tuning method whose best
+    candidate scores below ``cfg.min_similarity`` (or that has none); with
+    ``cfg.on_low_similarity == "skip"`` such a prompt trains on nothing and says why.
+    """
+    low_similarity = cfg.method != "base" and (selection.max_score is None
+                                               or selection.max_score < cfg.min_similarity)
+    train_texts = list(selection.texts[: selection.stop])
     skipped_reason = None
-    train_texts = selection.texts[: selection.stop]
     if low_similarity and cfg.on_low_similarity == "skip":
         skipped_reason = (f"no candidate above similarity floor {cfg.min_similarity} "
                           f"(best {selection.max_score})")
         train_texts = []
     elif selection.candidate_count == 0 and cfg.method != "base":
         skipped_reason = "no candidates left after excluding the prompt's own document"
+    return train_texts, low_similarity, skipped_reason
 
-    outcome = finetune_and_evaluate(model, tokenizer, eval_text, train_texts, cfg,
-                                    eval_context=context, snapshot=snapshot)
+
+def assemble_result(prompt: dict, cfg: TTFTConfig, selection: PromptSelection, outcome: TrainingOutcome,
+                    seconds_embed: float = 0.0, total_seconds: float | None = None) -> PromptResult:
+    """The ``PromptResult`` of one (prompt, method) from its selection and fine-tuning outcome.
+
+    ``seconds["total"]`` is ``total_seconds`` when given (wall time of the whole prompt), else the
+    sum of the phases (e.g. for results rebuilt from cached parts).
+    """
+    _, low_similarity, skipped_reason = training_plan(selection, cfg)
     seconds = {
-        "embed": seconds_embed,
+        "embed": float(seconds_embed),
         "retrieval": selection.seconds_retrieval,
         "selection": selection.seconds_selection,
         "snapshot": outcome.seconds_snapshot,
@@ -801,9 +822,9 @@ def run_prompt(prompt: dict, model, tokenizer, embedder, index, cfg: TTFTConfig,
         "eval": outcome.seconds_eval,
         "reset": outcome.seconds_reset,
     }
-    seconds["total"] = time.perf_counter() - t_start
+    seconds["total"] = float(sum(seconds.values())) if total_seconds is None else total_seconds
     return PromptResult(
-        prompt_id=prompt_id,
+        prompt_id=str(prompt.get("id", "")),
         method=cfg.method,
         domain=str(prompt.get("domain", "")),
         bpb_before=outcome.bpb_before,
@@ -821,7 +842,7 @@ def run_prompt(prompt: dict, model, tokenizer, embedder, index, cfg: TTFTConfig,
         tokens_eval=outcome.tokens_eval,
         flops=outcome.flops,
         stopped_early=selection.stop < len(selection.seq_ids),
-        bpb_curve=outcome.bpb_curve,
+        bpb_curve=[tuple(p) for p in outcome.bpb_curve],
         n=cfg.n,
         k=cfg.k,
         lam=cfg.lam,
