@@ -32,6 +32,7 @@ from flows.tasks import (
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
+from sift.atomic import read_json_or_none
 from sift.env import state_dir
 
 
@@ -64,12 +65,8 @@ def save_index_task(out: str, sequences_path: str, shard_paths: list[str], index
 
 def _existing_manifest(out: Path, build_key: str) -> dict | None:
     """The manifest of an index already built in ``out`` with the same build key, else None."""
-    path = out / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    manifest = read_json_or_none(out / "manifest.json")
+    if manifest is None:
         return None
     return manifest if manifest.get("build_key") == build_key and (out / "index.faiss").is_file() else None
 

@@ -36,3 +36,17 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json_or_none(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when the file is missing or unreadable as JSON (a
+    manifest that a crash left behind is treated as absent, so the work is redone)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sift.atomic import atomic_dir
+from sift.atomic import atomic_dir, read_json_or_none
 from sift.corpus import chunk_records, decode_utf8, read_jsonl, tokenizer_id, write_jsonl
 from sift.env import state_dir
 
@@ -410,12 +410,8 @@ def assemble_default_corpus(
 
 
 def _existing(out_dir: Path, params: dict) -> DefaultCorpus | None:
-    path = out_dir / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    manifest = read_json_or_none(out_dir / "manifest.json")
+    if manifest is None:
         return None
     complete = (out_dir / "corpus.jsonl").is_file() and (out_dir / "prompts.jsonl").is_file()
     return DefaultCorpus(out_dir, manifest) if complete and manifest.get("params") == params else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sift.atomic import atomic_dir
+from sift.atomic import atomic_dir, read_json_or_none
 
 
 def test_atomic_dir_replaces_the_old_folder_only_on_success(tmp_path):
@@ -24,3 +24,11 @@ def test_atomic_dir_replaces_the_old_folder_only_on_success(tmp_path):
         (tmp / "b.txt").write_text("second")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"], "no temporary or old siblings are left"
+
+
+def test_read_json_or_none_treats_missing_and_broken_files_as_absent(tmp_path):
+    assert read_json_or_none(tmp_path / "missing.json") is None
+    (tmp_path / "broken.json").write_text('{"half": ')
+    assert read_json_or_none(tmp_path / "broken.json") is None
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    assert read_json_or_none(tmp_path / "ok.json") == {"a": 1}
