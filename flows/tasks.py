@@ -18,7 +18,6 @@ Dask worker pays the load once; the library resets the model's weights exactly a
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sift.env import set_default_env, state_dir
+from sift.jsonable import to_jsonable
 
 set_default_env()  # before Prefect reads its settings: PREFECT_HOME in the state folder, telemetry off
 
@@ -97,23 +97,6 @@ def content_policy(modules: tuple[str, ...], exclude: tuple[str, ...] = ()) -> C
 def text_hash(*parts: Any) -> str:
     """sha256 (16 hex) of the JSON of ``parts``: the content identity of prompts and settings."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, numpy arrays and scalars, tuples and Paths → plain JSON values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 # ------------------------------------------------------------------------- per-process model caches

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from sift.jsonable import to_jsonable
 from sift.model import count_parameters
 
 METHODS = ("base", "sift", "nn", "nn-f", "us", "random")
@@ -192,22 +193,9 @@ class PromptResult:
 
     def to_json(self) -> dict[str, Any]:
         """A dict of plain Python values (json.dumps-able), with ``gain`` added."""
-        out = _plain(asdict(self))
+        out = to_jsonable(asdict(self))
         out["gain"] = float(self.gain)
         return out
-
-
-def _plain(value: Any) -> Any:
-    """Turn numpy scalars/arrays and tuples into plain JSON types."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # ----------------------------------------------------------------------------------------------
