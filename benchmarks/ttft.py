@@ -145,6 +145,49 @@ def duplicated_index(index, times: int):
     return CorpusIndex(index.path, flat, emb, seqs, manifest)
 
 
+class Progress:
+    """Per-prompt checkpoint of a long run, so a crash or a kill loses at most the prompt in flight.
+
+    ``path`` is JSON lines: a header with the run's identity (prompts, methods, N, K, tokens, λ′, lr, seed,
+    model and index fingerprints), then one line per finished prompt. A rerun with the same identity
+    picks up the finished prompts; a different identity starts over (the old file is kept as ``.stale``).
+    The file is removed once the final JSON is written.
+    """
+
+    def __init__(self, path: Path, identity: dict):
+        from sift.ttft import PromptResult
+
+        self.path, self.done = path, {}
+        lines = path.read_text().splitlines() if path.is_file() else []
+        header = json.loads(lines[0]) if lines else None
+        if header == identity:
+            for line in lines[1:]:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by the crash: that prompt reruns
+                    break
+                self.done[row["prompt_id"]] = {key: [PromptResult.from_json(r) for r in row[key]]
+                                               for key in ("results", "dup_results")}
+            print(f"resuming: {len(self.done)} prompts already done ({path})", flush=True)
+            path.write_text("".join(line + "\n" for line in lines[: 1 + len(self.done)]))
+        else:
+            if lines:
+                os.replace(path, path.with_suffix(".stale"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(identity) + "\n")
+
+    def record(self, prompt_id: str, results: list, dup_results: list) -> None:
+        row = {"prompt_id": prompt_id, "results": [r.to_json() for r in results],
+               "dup_results": [r.to_json() for r in dup_results]}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------------------------- analysis
 
 
@@ -445,8 +488,16 @@ def main(argv=None) -> dict:
         return TTFTConfig(method=method, n=args.n, k=args.k, lam=args.lam, lr=args.lr, max_tokens=args.max_tokens,
                           seed=args.seed, eval_every=1 if method == "sift" else None, min_similarity=0.0)
 
+    progress = Progress(args.out.with_suffix(".progress.jsonl"), {
+        "prompts": [p["id"] for p in prompts], "methods": methods, "dup_methods": dup_methods,
+        "duplicate": args.duplicate, "n": args.n, "k": args.k, "max_tokens": args.max_tokens, "lam": args.lam,
+        "lr": args.lr, "seed": args.seed, "model": model_fingerprint(model), "index": index.fingerprint})
     results, dup_results = [], []
     for i, (prompt, query) in enumerate(zip(prompts, queries)):
+        if prompt["id"] in progress.done:
+            results += progress.done[prompt["id"]]["results"]
+            dup_results += progress.done[prompt["id"]]["dup_results"]
+            continue
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncation of 256-token prompts, NN clamping: recorded in results
@@ -464,6 +515,7 @@ def main(argv=None) -> dict:
         print(f"[{i + 1}/{len(prompts)}] {prompt['id']} ({prompt['domain']}) before={results[-1].bpb_before:.4f} "
               f"{line} {' '.join(f'{r.method}={r.bpb_after:.4f}' for r in dup_results[-len(dup_methods):]) if dup_methods else ''}"
               f" ({time.perf_counter() - t:.0f} s)", flush=True)
+        progress.record(prompt["id"], results[-len(methods):], dup_results[len(dup_results) - len(dup_methods):])
     assert snapshot.equals(model), "the model is not back to its base weights"
     speed_reset = reset_microbenchmark(model, tokenizer, prompts[0]["text"], args.max_tokens, snapshot,
                                        args.reset_repeats)
@@ -541,6 +593,7 @@ def main(argv=None) -> dict:
     if not args.no_plots and sift_results:
         out["plots"] = plot(args.out, summary, dup_summary, [r for r in records if r["method"] == "sift"], sweep)
         print("plots:", ", ".join(out["plots"]))
+    progress.finish()
     print(f"wrote {args.out}")
     return out
 

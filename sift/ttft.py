@@ -197,6 +197,13 @@ class PromptResult:
         out["gain"] = float(self.gain)
         return out
 
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "PromptResult":
+        """The inverse of ``to_json`` (``gain`` is derived, so it is dropped; curve points become tuples)."""
+        fields = {k: v for k, v in record.items() if k != "gain"}
+        fields["bpb_curve"] = [tuple(point) for point in fields.get("bpb_curve", [])]
+        return cls(**fields)
+
 
 # ----------------------------------------------------------------------------------------------
 # tokenisation helpers and bits per byte

@@ -387,6 +387,7 @@ def test_run_prompt_end_to_end_and_json(tiny_lm_dir, tiny_stack):
                 "tokens", "flops", "stopped_early", "bpb_curve", "gain"):
         assert key in record
     assert set(record["seconds"]) >= {"retrieval", "selection", "train", "eval", "reset", "total"}
+    assert PromptResult.from_json(record) == result  # what a resumed benchmark reads back
     base = run_prompt(prompt, model, tok, embedder, index, TTFTConfig(method="base"))
     assert base.steps == 0 and base.bpb_after == base.bpb_before == result.bpb_before
     assert base.uncertainties == [pytest.approx(1.0)]
