@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--reset-only", action="store_true",
                    help="only the reset microbenchmark (no corpus or index needed); writes results/ttft_reset.json")
+    p.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                   help="only redraw the PNGs of an earlier run's JSON (next to it) and exit")
     p.add_argument("--reset-repeats", type=int, default=5, help="repeats of the reset microbenchmark")
     return p.parse_args(argv)
 
@@ -366,59 +368,93 @@ def full_run_estimate(speed: dict, prompts: int = 48, n: int = 16, methods: int 
     return {"prompts": prompts, "n": n, "train_steps": steps, "evals": evals, "hours": seconds / 3600}
 
 
-def plot(path_prefix: Path, summary: list[dict], dup_summary: list[dict], sift_records: list[dict], sweep: list[dict]) -> list[str]:
+def plot(path_prefix: Path, out: dict) -> list[str]:
+    """The benchmark's figures from its JSON (``out``), as PNGs next to ``path_prefix``:
+    _methods (bits per byte per method, bars from 0, and each method's difference to the base model
+    and SIFT − NN with paired bootstrap 95 % intervals), _uncertainty (σ_N against bpb after and gain),
+    _alpha (steps saved against bpb lost) and _curve (SIFT's mean bpb after each step)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    summary, dup_summary = out["summary"], out.get("summary_duplicated") or []
+    sift_records = [r for r in out["results"] if r["method"] == "sift"]
+    sweep, comparisons = out.get("alpha_sweep") or [], out.get("comparisons") or {}
     written = []
-    fig, ax = plt.subplots(figsize=(7, 4))
+
+    def save(fig, name: str) -> None:
+        path = path_prefix.with_name(f"{path_prefix.stem}_{name}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+
+    fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     names = [r["method"] for r in summary]
-    ax.bar(names, [r["mean_bpb_after"] for r in summary], color="tab:blue", label="no duplicates")
+    bars = ax.bar([i - 0.2 for i in range(len(names))], [r["mean_bpb_after"] for r in summary], width=0.4,
+                  color="tab:blue", label="corpus as is")
+    ax.bar_label(bars, fmt="%.3f", fontsize=7)
     dup = [r for r in dup_summary if r["method"].removesuffix("-dup") in names]
     if dup:
-        pos = [names.index(r["method"].removesuffix("-dup")) for r in dup]
-        ax.bar([p + 0.3 for p in pos], [r["mean_bpb_after"] for r in dup], width=0.3, color="tab:red",
-               label="corpus duplicated")
-    lo = min(r["mean_bpb_after"] for r in summary + dup_summary)
-    hi = max(r["mean_bpb_after"] for r in summary + dup_summary)
-    ax.set_ylim(lo - 0.05 * (hi - lo + 1e-3) - 0.01, hi + 0.05 * (hi - lo + 1e-3) + 0.01)
-    ax.set_ylabel("mean bits per byte after TTFT")
-    ax.legend()
-    fig.tight_layout()
-    for name, f in (("methods", fig),):
-        p = path_prefix.with_name(f"{path_prefix.stem}_{name}.png")
-        f.savefig(p, dpi=110)
-        written.append(str(p))
-    plt.close(fig)
+        pos = [names.index(r["method"].removesuffix("-dup")) + 0.2 for r in dup]
+        bars = ax.bar(pos, [r["mean_bpb_after"] for r in dup], width=0.4, color="tab:red",
+                      label=f"corpus duplicated ×{out['config'].get('duplicate', '?')}")
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("mean bits per byte after TTFT (lower is better)")
+    ax.set_title(f"{out['prompts']} prompts, N={out['config']['n']}, K={out['config']['k']}", fontsize=9)
+    ax.set_ylim(0, 1.25 * max(r["mean_bpb_after"] for r in summary + dup_summary))
+    ax.legend(fontsize=8, loc="upper right")
+    rows = [(name, c) for name, c in comparisons.items()]
+    ax_diff.errorbar([c["mean_diff"] for _, c in rows], range(len(rows)),
+                     xerr=[[c["mean_diff"] - c["low"] for _, c in rows], [c["high"] - c["mean_diff"] for _, c in rows]],
+                     fmt="o", color="black", capsize=3)
+    ax_diff.axvline(0, color="grey", lw=0.8)
+    ax_diff.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
+    ax_diff.invert_yaxis()
+    ax_diff.set_xlabel("difference of mean bpb after (95 % paired bootstrap)")
+    save(fig, "methods")
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    sig = [r["uncertainties"][r["steps"]] for r in sift_records]
-    axes[0].scatter(sig, [r["bpb_after"] for r in sift_records])
-    axes[0].set_xlabel("σ_N (SIFT)")
-    axes[0].set_ylabel("bpb after")
-    axes[1].scatter(sig, [r["gain"] for r in sift_records])
-    axes[1].set_xlabel("σ_N (SIFT)")
-    axes[1].set_ylabel("gain (bpb before − after)")
-    fig.tight_layout()
-    p = path_prefix.with_name(f"{path_prefix.stem}_uncertainty.png")
-    fig.savefig(p, dpi=110)
-    written.append(str(p))
-    plt.close(fig)
+    if sift_records:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        sig = [r["uncertainties"][r["steps"]] for r in sift_records]
+        domains = sorted({r["domain"] for r in sift_records})
+        for domain in domains:
+            rs = [(s, r) for s, r in zip(sig, sift_records) if r["domain"] == domain]
+            axes[0].scatter([s for s, _ in rs], [r["bpb_after"] for _, r in rs], label=domain, s=18)
+            axes[1].scatter([s for s, _ in rs], [r["gain"] for _, r in rs], s=18)
+        corr = out.get("uncertainty_correlations") or {}
+        for axis, key, label in ((axes[0], "sigma_vs_bpb_after", "bpb after"),
+                                 (axes[1], "sigma_vs_gain", "gain (bpb before − after)")):
+            axis.set_xlabel("σ_N: SIFT's uncertainty after the last step")
+            axis.set_ylabel(label)
+            if key in corr:
+                axis.set_title(f"Spearman ρ = {corr[key]['rho']:+.2f}", fontsize=9)
+        axes[0].legend(fontsize=7)
+        save(fig, "uncertainty")
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+        curves = [dict((int(k), v) for k, v in r["bpb_curve"]) for r in sift_records]
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        if len(steps) > 1:
+            fig, ax = plt.subplots(figsize=(5, 4))
+            ax.plot(steps, [np.mean([c[t] for c in curves]) for t in steps], "o-")
+            ax.set_xlabel("gradient steps (SIFT's picks, in order)")
+            ax.set_ylabel("mean bits per byte")
+            save(fig, "curve")
+
     pts = [r for r in sweep if r["alpha"] is not None]
-    ax.plot([100 * r["steps_saved"] for r in pts], [100 * r["bpb_loss_relative"] for r in pts], "o-")
-    for r in pts:
-        ax.annotate(f"α={r['alpha']:g}", (100 * r["steps_saved"], 100 * r["bpb_loss_relative"]), fontsize=7)
-    ax.set_xlabel("steps saved (%)")
-    ax.set_ylabel("bpb lost (% of no-stopping bpb)")
-    fig.tight_layout()
-    p = path_prefix.with_name(f"{path_prefix.stem}_alpha.png")
-    fig.savefig(p, dpi=110)
-    written.append(str(p))
-    plt.close(fig)
+    if pts:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.plot([100 * r["steps_saved"] for r in pts], [100 * r["bpb_loss_relative"] for r in pts], "o-")
+        for r in pts:
+            ax.annotate(f"α={r['alpha']:g}", (100 * r["steps_saved"], 100 * r["bpb_loss_relative"]), fontsize=7)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.axvline(30.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("steps saved (%)")
+        ax.set_ylabel("bpb lost (% of no-stopping bpb)")
+        ax.set_title("target: ≥ 30 % saved for ≤ 1 % lost (dashed)", fontsize=9)
+        save(fig, "alpha")
     return written
 
 
@@ -468,6 +504,10 @@ def main(argv=None) -> dict:
 
     if args.reset_only:
         return reset_only(args)
+    if args.replot:
+        written = plot(args.replot, json.loads(args.replot.read_text()))
+        print("plots:", ", ".join(written))
+        return {"plots": written}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     dup_methods = [m.strip() for m in args.dup_methods.split(",") if m.strip()] if args.duplicate > 1 else []
     alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
@@ -590,8 +630,8 @@ def main(argv=None) -> dict:
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out, indent=1, default=str))
     os.replace(tmp, args.out)
-    if not args.no_plots and sift_results:
-        out["plots"] = plot(args.out, summary, dup_summary, [r for r in records if r["method"] == "sift"], sweep)
+    if not args.no_plots:
+        out["plots"] = plot(args.out, out)
         print("plots:", ", ".join(out["plots"]))
     progress.finish()
     print(f"wrote {args.out}")
