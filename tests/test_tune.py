@@ -234,6 +234,7 @@ def test_mlflow_trial_logger_records_each_trial_as_a_run():
     assert done.data.params["lam"] == "0.5" and done.data.metrics["objective"] == 0.5
     assert done.data.metrics["mean_steps"] == 3.0
     assert done.data.tags["mlflow.parentRunId"] == parent and done.data.tags["optuna.trial"] == "0"
+    assert done.data.tags["sift.pid"] == str(os.getpid())  # owner tags: a crashed trial's run gets reaped
     history = client.get_metric_history(done.info.run_id, "running_objective")
     assert sorted((m.step, m.value) for m in history) == [(0, 0.5), (1, 1.0)]
     assert "objective" not in pruned.data.metrics and pruned.data.tags["optuna.state"] == "PRUNED"
