@@ -18,8 +18,11 @@ picks instead of one matrix-vector product per pick): the block holds the pick p
 with the largest current gains, the ones most likely to be picked next. Speculation only decides
 which exact columns are computed early; it never changes a pick.
 
-Cost: each kernel-column block streams the K×d candidates (float64) once, so at K=1000, d=1024 the
-greedy is bound by memory traffic, not by the N·K·d multiply-adds (benchmarks/select.py).
+Cost: exactness needs k(x_j, s) for every candidate j and every distinct pick s, i.e. at least
+K·d multiply-adds per distinct pick. A block of up to 16 columns costs about one pass over the K×d
+float64 candidates, but the picks cannot be foreseen well (SIFT's later picks come from anywhere in
+the initial ranking, not just its top), so about three columns are computed per distinct pick.
+``benchmarks/select.py`` prints both, and the time of that floor measured on the machine.
 
 Numerics: inner products and all updates are float64 (float32 embeddings are exact in float64).
 Exact ties are real here: duplicate candidates (and x versus −x) have identical gains, but rounding
