@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=16, help="sequences selected = gradient steps per prompt")
     p.add_argument("--k", type=int, default=200, help="candidates pre-selected from the index")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens per training sequence and evaluated prompt")
-    p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods")
+    p.add_argument("--methods", default=",".join(ALL_METHODS),
+                   help="comma-separated methods on the corpus as is ('' with --dup-methods: only the duplicated run)")
     p.add_argument("--duplicate", type=int, default=4, help="copies of each corpus sequence in the duplication run (0/1: skip)")
     p.add_argument("--dup-methods", default="nn,sift", help="methods run on the duplicated index")
     p.add_argument("--lam", type=float, default=0.1, help="SIFT's λ′")
@@ -390,8 +391,8 @@ def plot(path_prefix: Path, out: dict) -> list[str]:
         plt.close(fig)
         written.append(str(path))
 
+    names = [r["method"] for r in summary] or [r["method"].removesuffix("-dup") for r in dup_summary]
     fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-    names = [r["method"] for r in summary]
     bars = ax.bar([i - 0.2 for i in range(len(names))], [r["mean_bpb_after"] for r in summary], width=0.4,
                   color="tab:blue", label="corpus as is")
     ax.bar_label(bars, fmt="%.3f", fontsize=7)
@@ -549,13 +550,13 @@ def main(argv=None) -> dict:
                                snapshot=snapshot, query_emb=query)
                 r.method = f"{method}-dup"
                 dup_results.append(r)
-        befores = {r.bpb_before for r in results[-len(methods):] + dup_results[len(dup_results) - len(dup_methods):]}
+        mine, mine_dup = results[len(results) - len(methods):], dup_results[len(dup_results) - len(dup_methods):]
+        befores = {r.bpb_before for r in mine + mine_dup}
         assert len(befores) == 1, f"bpb_before differs across methods for {prompt['id']}: reset is not exact"
-        line = " ".join(f"{r.method}={r.bpb_after:.4f}" for r in results[-len(methods):])
-        print(f"[{i + 1}/{len(prompts)}] {prompt['id']} ({prompt['domain']}) before={results[-1].bpb_before:.4f} "
-              f"{line} {' '.join(f'{r.method}={r.bpb_after:.4f}' for r in dup_results[-len(dup_methods):]) if dup_methods else ''}"
-              f" ({time.perf_counter() - t:.0f} s)", flush=True)
-        progress.record(prompt["id"], results[-len(methods):], dup_results[len(dup_results) - len(dup_methods):])
+        line = " ".join(f"{r.method}={r.bpb_after:.4f}" for r in mine + mine_dup)
+        print(f"[{i + 1}/{len(prompts)}] {prompt['id']} ({prompt['domain']}) before={befores.pop():.4f} {line} "
+              f"({time.perf_counter() - t:.0f} s)", flush=True)
+        progress.record(prompt["id"], mine, mine_dup)
     assert snapshot.equals(model), "the model is not back to its base weights"
     speed_reset = reset_microbenchmark(model, tokenizer, prompts[0]["text"], args.max_tokens, snapshot,
                                        args.reset_repeats)
