@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reset-only", action="store_true",
                    help="only the reset microbenchmark (no corpus or index needed); writes results/ttft_reset.json")
     p.add_argument("--replot", type=Path, default=None, metavar="JSON",
-                   help="only redraw the PNGs of an earlier run's JSON (next to it) and exit")
+                   help="recompute the α sweep (at --alphas) and the truncation reference of an earlier run's JSON, "
+                        "write them into it, redraw its PNGs (next to it) and exit")
     p.add_argument("--reset-repeats", type=int, default=5, help="repeats of the reset microbenchmark")
     return p.parse_args(argv)
 
@@ -214,6 +215,41 @@ def alpha_sweep(sift_results, alphas: list[float]) -> list[dict]:
                      "steps_saved": 1 - sum(steps) / full_steps if full_steps else 0.0,
                      "mean_bpb_after": mean_bpb, "bpb_loss_relative": mean_bpb / full_bpb - 1})
     return rows
+
+
+def truncation_reference(sift_results) -> list[dict]:
+    """The reference adaptive stopping must beat: every prompt stops after the same number of steps s
+    (no uncertainty used), read off the same curves; steps saved against bpb lost for each s."""
+    full_steps = sum(r.steps for r in sift_results)
+    full_bpb = float(np.mean([r.bpb_after for r in sift_results]))
+    rows = []
+    for stop in range(max(r.steps for r in sift_results) + 1):
+        stops = [min(stop, r.steps) for r in sift_results]
+        mean_bpb = float(np.mean([dict(r.bpb_curve)[s] for r, s in zip(sift_results, stops)]))
+        rows.append({"stop": stop, "steps_saved": 1 - sum(stops) / full_steps if full_steps else 0.0,
+                     "mean_bpb_after": mean_bpb, "bpb_loss_relative": mean_bpb / full_bpb - 1})
+    return rows
+
+
+def replot(path: Path, alphas: list[float]) -> dict:
+    """--replot: recompute the α sweep (at ``alphas``) and the truncation reference from a run's JSON,
+    write them back into it, and redraw its plots."""
+    from sift.ttft import PromptResult
+
+    out = json.loads(path.read_text())
+    sift_results = [PromptResult.from_json(r) for r in out["results"] if r["method"] == "sift"]
+    if sift_results:
+        out["alpha_sweep"] = alpha_sweep(sift_results, alphas)
+        out["truncation_reference"] = truncation_reference(sift_results)
+        for r in out["alpha_sweep"]:
+            print(f"  α={str(r['alpha']):>6}  steps saved {100 * r['steps_saved']:5.1f} %  "
+                  f"bpb lost {100 * r['bpb_loss_relative']:+.3f} %")
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(out, indent=1, default=str))
+        os.replace(tmp, path)
+    out["plots"] = plot(path, out)
+    print("plots:", ", ".join(out["plots"]))
+    return out
 
 
 def speed_figures(results) -> dict:
@@ -450,6 +486,11 @@ def plot(path_prefix: Path, out: dict) -> list[str]:
         ax.plot([100 * r["steps_saved"] for r in pts], [100 * r["bpb_loss_relative"] for r in pts], "o-")
         for r in pts:
             ax.annotate(f"α={r['alpha']:g}", (100 * r["steps_saved"], 100 * r["bpb_loss_relative"]), fontsize=7)
+        ref = out.get("truncation_reference") or []
+        if ref:
+            ax.plot([100 * r["steps_saved"] for r in ref], [100 * r["bpb_loss_relative"] for r in ref], ".:",
+                    color="grey", label="reference: every prompt stops at the same step")
+            ax.legend(fontsize=7)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.axvline(30.0, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("steps saved (%)")
@@ -506,9 +547,7 @@ def main(argv=None) -> dict:
     if args.reset_only:
         return reset_only(args)
     if args.replot:
-        written = plot(args.replot, json.loads(args.replot.read_text()))
-        print("plots:", ", ".join(written))
-        return {"plots": written}
+        return replot(args.replot, [float(a) for a in args.alphas.split(",") if a.strip()])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     dup_methods = [m.strip() for m in args.dup_methods.split(",") if m.strip()] if args.duplicate > 1 else []
     alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
@@ -582,6 +621,7 @@ def main(argv=None) -> dict:
     sift_results = [r for r in results if r.method == "sift"]
     correlations = uncertainty_correlations(records, "sift") if sift_results else {}
     sweep = alpha_sweep(sift_results, alphas) if sift_results else []
+    truncation = truncation_reference(sift_results) if sift_results else []
     speed = speed_figures(results)
     speed["reset_microbenchmark"] = speed_reset
     estimate = full_run_estimate(speed, 48, 16, len([m for m in ALL_METHODS if m != "base"]), 2)
@@ -624,7 +664,7 @@ def main(argv=None) -> dict:
         "prompts": len(prompts), "domains": domains,
         "summary": summary, "summary_duplicated": dup_summary, "unique_sequences_duplicated": unique,
         "per_domain": per_domain, "comparisons": comparisons, "uncertainty_correlations": correlations,
-        "alpha_sweep": sweep, "speed": speed, "full_run_estimate": estimate, "wall_seconds": wall,
+        "alpha_sweep": sweep, "truncation_reference": truncation, "speed": speed, "full_run_estimate": estimate, "wall_seconds": wall,
         "results": records, "results_duplicated": dup_records,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
