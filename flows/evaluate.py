@@ -109,28 +109,25 @@ def limit_prompts(prompts: list[dict], limit: Optional[int]) -> list[dict]:
 # ------------------------------------------------------------------------------------------ results
 
 
-def _as_dataclass(cls, values: dict):
-    """A library dataclass from a cached JSON dict (keys it does not know are ignored)."""
-    return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
-
-
 def compose_result(prompt: dict, cfg, selection: dict, outcome: dict) -> dict:
     """The ``PromptResult.to_json()`` row of one (prompt, method) from its cached parts, assembled by
     the library exactly as ``sift.ttft.run_prompt`` does; ``seconds.total`` is the sum of the phases,
     i.e. the compute the row cost when it was first computed (cached rows keep it).
     """
+    from sift.jsonable import dataclass_from_jsonable
     from sift.ttft import PromptSelection, TrainingOutcome, assemble_result
 
-    result = assemble_result(prompt, cfg, _as_dataclass(PromptSelection, selection),
-                             _as_dataclass(TrainingOutcome, outcome), float(selection.get("seconds_embed", 0.0)))
+    result = assemble_result(prompt, cfg, dataclass_from_jsonable(PromptSelection, selection),
+                             dataclass_from_jsonable(TrainingOutcome, outcome), float(selection.get("seconds_embed", 0.0)))
     return result.to_json()
 
 
 def train_texts_of(selection: dict, cfg) -> list[str]:
     """What ``run_prompt`` trains on: the library's training plan for this selection."""
+    from sift.jsonable import dataclass_from_jsonable
     from sift.ttft import PromptSelection, training_plan
 
-    return training_plan(_as_dataclass(PromptSelection, selection), cfg)[0]
+    return training_plan(dataclass_from_jsonable(PromptSelection, selection), cfg)[0]
 
 
 # ------------------------------------------------------------------------------------- the core

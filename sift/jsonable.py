@@ -25,3 +25,10 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def dataclass_from_jsonable(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` for a dataclass ``cls``, ignoring keys that are not its fields (derived or
+    extra values a stored record carries beside them)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in fields})

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from sift.jsonable import to_jsonable
+from sift.jsonable import dataclass_from_jsonable, to_jsonable
 from sift.model import count_parameters
 
 METHODS = ("base", "sift", "nn", "nn-f", "us", "random")
@@ -200,9 +200,9 @@ class PromptResult:
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> "PromptResult":
         """The inverse of ``to_json`` (``gain`` is derived, so it is dropped; curve points become tuples)."""
-        fields = {k: v for k, v in record.items() if k != "gain"}
-        fields["bpb_curve"] = [tuple(point) for point in fields.get("bpb_curve", [])]
-        return cls(**fields)
+        result = dataclass_from_jsonable(cls, record)
+        result.bpb_curve = [tuple(point) for point in result.bpb_curve]
+        return result
 
 
 # ----------------------------------------------------------------------------------------------
