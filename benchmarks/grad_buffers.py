@@ -20,11 +20,11 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 sys.path.insert(0, os.path.dirname(_here))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from sift.atomic import write_json  # noqa: E402
 from sift.env import set_default_env  # noqa: E402
 
 
@@ -65,8 +65,7 @@ def main() -> dict:
     out = {"command": " ".join([sys.executable, *sys.argv]), "tokens": args.tokens, "rounds": args.rounds,
            "torch_threads": torch.get_num_threads(), "seconds": seconds, "median_seconds": medians,
            "reference_over_ours": ratio}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out, out, indent=2)
     print(f"wrote {args.out}")
     return out
 

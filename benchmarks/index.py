@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from sift.atomic import write_json  # noqa: E402
 from sift.env import set_default_env  # noqa: E402
 
 set_default_env()
@@ -237,11 +238,7 @@ def main() -> None:
     results["index"] = indices(sizes, args.hnsw_max)
     results["load_avg_end"] = os.getloadavg()
     results["wall_seconds"] = time.perf_counter() - t0
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out)
+    out = write_json(Path(args.out), results, indent=2)
     print(f"wrote {out} ({results['wall_seconds']:.0f} s)")
 
 

@@ -34,7 +34,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUME
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -46,6 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import sift  # noqa: E402
+from sift.atomic import write_json  # noqa: E402
 
 torch.set_num_threads(1)
 faiss.omp_set_num_threads(1)
@@ -232,8 +232,7 @@ def main() -> None:
                        "(exact_floor in this file); speedup_at_exact_floor = activeft / that",
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")
 
 

@@ -46,6 +46,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from sift.atomic import write_json  # noqa: E402
 from sift.env import set_default_env, state_dir  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -244,9 +245,7 @@ def replot(path: Path, alphas: list[float]) -> dict:
         for r in out["alpha_sweep"]:
             print(f"  α={str(r['alpha']):>6}  steps saved {100 * r['steps_saved']:5.1f} %  "
                   f"bpb lost {100 * r['bpb_loss_relative']:+.3f} %")
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(out, indent=1, default=str))
-        os.replace(tmp, path)
+        write_json(path, out, indent=1, default=str)
     out["plots"] = plot(path, out)
     print("plots:", ", ".join(out["plots"]))
     return out
@@ -526,10 +525,7 @@ def reset_only(args) -> dict:
                            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                            "load_average": os.getloadavg(), "model_fingerprint": model_fingerprint(model)},
            "seconds_snapshot_once": seconds_snapshot, "reset_microbenchmark": speed_reset}
-    path = RESULTS / "ttft_reset.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json.tmp").write_text(json.dumps(out, indent=1))
-    os.replace(path.with_suffix(".json.tmp"), path)
+    path = write_json(RESULTS / "ttft_reset.json", out, indent=1)
     print(f"wrote {path}")
     return out
 
@@ -546,11 +542,11 @@ def main(argv=None) -> dict:
 
     if args.reset_only:
         return reset_only(args)
+    alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
     if args.replot:
-        return replot(args.replot, [float(a) for a in args.alphas.split(",") if a.strip()])
+        return replot(args.replot, alphas)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     dup_methods = [m.strip() for m in args.dup_methods.split(",") if m.strip()] if args.duplicate > 1 else []
-    alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
     t_start = time.perf_counter()
     model, tokenizer = load_causal_lm()
     index, all_prompts, embedder = default_index_and_prompts(args, tokenizer)
@@ -667,10 +663,7 @@ def main(argv=None) -> dict:
         "alpha_sweep": sweep, "truncation_reference": truncation, "speed": speed, "full_run_estimate": estimate, "wall_seconds": wall,
         "results": records, "results_duplicated": dup_records,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1, default=str))
-    os.replace(tmp, args.out)
+    write_json(args.out, out, indent=1, default=str)
     if not args.no_plots:
         out["plots"] = plot(args.out, out)
         print("plots:", ", ".join(out["plots"]))

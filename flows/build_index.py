@@ -13,7 +13,6 @@ A run killed mid-way (even ``kill -9``) resumes: finished shards are cached resu
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from flows.config import IndexConfig
@@ -32,7 +31,7 @@ from flows.tasks import (
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
-from sift.atomic import read_json_or_none
+from sift.atomic import read_json_or_none, write_json
 from sift.env import state_dir
 
 
@@ -121,11 +120,7 @@ def build_index_in_flow(config: IndexConfig) -> dict:
     if manifest is None:
         manifest = _build(config, chunks, embedder, build_key, documents_fingerprint, report, out, shard_states)
     if not config.corpus:
-        pointer = default_index_pointer()
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"path": str(out), "fingerprint": manifest["fingerprint"]}))
-        os.replace(tmp, pointer)
+        write_json(default_index_pointer(), {"path": str(out), "fingerprint": manifest["fingerprint"]})
     logger.info("index %s: %s (%d sequences)", "reused" if reused else "built", out, manifest["count"])
     return {"path": str(out), "fingerprint": manifest["fingerprint"], "count": int(manifest["count"]), "reused": reused,
             "shards": shard_states}

@@ -1,7 +1,7 @@
-"""Writing a folder all at once: readers see the old folder or the new one, never half of one.
+"""Writing a folder or a JSON file all at once: readers see the old one or the new one, never half.
 
 A crash (even kill -9) while writing leaves only a hidden ``.NAME.tmp-*`` sibling behind, which no
-reader trusts; the finished folder appears with one ``rename``.
+reader trusts; the finished folder or file appears with one ``rename``.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -36,6 +37,19 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_json(path: Path, obj: Any, indent: int | None = None, default: Callable[[Any], Any] | None = None) -> Path:
+    """Write ``json.dumps(obj, indent=indent, default=default)`` to ``path`` atomically (a hidden
+    per-process temporary sibling, then one ``os.replace``), creating the parent folder; returns ``path``."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=indent, default=default))
+    os.replace(tmp, path)
+    return path
 
 
 def read_json_or_none(path: Path) -> dict | None:

@@ -32,3 +32,16 @@ def test_read_json_or_none_treats_missing_and_broken_files_as_absent(tmp_path):
     assert read_json_or_none(tmp_path / "broken.json") is None
     (tmp_path / "ok.json").write_text('{"a": 1}')
     assert read_json_or_none(tmp_path / "ok.json") == {"a": 1}
+
+
+def test_write_json_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
+    from sift.atomic import write_json
+
+    path = tmp_path / "deep" / "out.json"
+    assert write_json(path, {"a": 1}) == path and read_json_or_none(path) == {"a": 1}
+    write_json(path, {"p": tmp_path}, indent=1, default=str)
+    assert read_json_or_none(path) == {"p": str(tmp_path)}
+    assert [p.name for p in path.parent.iterdir()] == ["out.json"]
+    with pytest.raises(TypeError):  # not serialisable: the old file stays as it was
+        write_json(path, {"p": object()})
+    assert read_json_or_none(path) == {"p": str(tmp_path)}
