@@ -120,8 +120,8 @@ class ColumnCounter:
     """Counts the kernel columns sift.select computes (speculative blocks included)."""
 
     def __init__(self):
-        self.module = sys.modules["sift.select"]
-        self.original = self.module._Kernel.columns
+        self.module = sys.modules["sift.methods.kernel"]
+        self.original = self.module.Kernel.columns
         self.count = 0
         counter = self
 
@@ -129,10 +129,10 @@ class ColumnCounter:
             counter.count += int(np.asarray(rows).size)
             return counter.original(kernel, prompts, rows)
 
-        self.module._Kernel.columns = counting
+        self.module.Kernel.columns = counting
 
     def close(self) -> None:
-        self.module._Kernel.columns = self.original
+        self.module.Kernel.columns = self.original
 
 
 def run_config(k: int, d: int, n: int, lam: float, prompts: int, batch: int, corpus, rng) -> dict:
