@@ -71,6 +71,10 @@ def config_options(config_cls: type[BaseModel]) -> list[inspect.Parameter]:
         hint, repeatable = _option_type(field.annotation)
         default = field.get_default(call_default_factory=True)
         help_text = field.description or ""
+        if "{methods}" in help_text:  # the registry's names as they are now, never a copied list
+            from sift.methods import method_names
+
+            help_text = help_text.replace("{methods}", ", ".join(method_names()))
         if repeatable and "repeatable" not in help_text:
             help_text += " (repeatable)"
         decls = [f"{_flag_name(name)}/--no-{name.replace('_', '-')}"] if hint is bool else [_flag_name(name)]

@@ -12,7 +12,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-METHOD_NAMES = ("base", "sift", "nn", "nn-f", "us", "random")
+from sift.methods import get_method
+from sift.settings import SelectionSettings, TTFTConfig
 
 
 class RunnerConfig(BaseModel):
@@ -49,8 +50,12 @@ class IndexConfig(RunnerConfig):
     batch_size: int = Field(32, ge=1, description="Embedding batch size.")
 
 
-class EvaluateConfig(RunnerConfig):
-    """Test-time fine-tune per prompt and measure bits per byte (``sift-ttft evaluate``)."""
+class EvaluateConfig(RunnerConfig, TTFTConfig):
+    """Test-time fine-tune per prompt and measure bits per byte (``sift-ttft evaluate``).
+
+    The selection and training fields are the library's (``sift.settings``), inherited, never listed
+    here: ``selection(method)`` and ``training()`` give the exact settings each step is keyed on.
+    """
 
     index: Optional[Path] = Field(
         None, description="Index folder from `sift-ttft index`; default: the last index built on the default corpus."
@@ -58,27 +63,23 @@ class EvaluateConfig(RunnerConfig):
     prompts: Optional[Path] = Field(
         None, description="Prompts JSONL (id, text, domain, doc_id); default: the default corpus's held-out prompts."
     )
-    method: list[str] = Field(
+    method: list[str] = Field(  # the library's `method` is one name; a run compares several
         default_factory=lambda: ["base", "nn", "sift"],
-        description="Selection methods to compare: base, sift, nn, nn-f, us, random (repeatable).",
+        description="Selection methods to compare, names of sift.METHODS: {methods} (repeatable).",
     )
-    n: int = Field(16, ge=1, description="Sequences to select per prompt (one gradient step each).")
-    k: int = Field(200, ge=1, description="Candidates pre-selected from the index per prompt.")
-    lam: float = Field(0.1, gt=0, description="SIFT's λ′: large → nearest neighbours, small → more diversity.")
-    alpha: Optional[float] = Field(None, gt=0, description="Adaptive stopping α: stop when σ_n > 1/(α·n); none: never stop.")
+    reference: str = Field(
+        "nn", description="Method every other one is compared with, prompt by prompt (paired bootstrap), "
+                          "when it is among --method."
+    )
     model: Optional[str] = Field(None, description="Causal LM name or path; default: bundled SmolLM2-135M.")
-    lr: float = Field(5e-5, gt=0, description="Adam learning rate.")
-    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
-    max_tokens: int = Field(256, ge=8, description="Tokens per training sequence and per evaluated prompt.")
-    split: Optional[float] = Field(
-        None, gt=0, lt=1, description="Use this leading fraction of the prompt's tokens as query, evaluate on the rest."
-    )
     limit: Optional[int] = Field(
         None, ge=1, description="Evaluate only LIMIT prompts, taken in file order round-robin across domains."
     )
-    seed: int = Field(0, description="Seed for 'random' selection and any sampling.")
-    lora_rank: Optional[int] = Field(None, ge=1, description="Fine-tune LoRA adapters of this rank instead of all weights.")
-    eval_every: Optional[int] = Field(None, ge=1, description="Also evaluate bits per byte every k steps (curves).")
+    alphas: list[float] = Field(
+        default_factory=lambda: [0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0],
+        description="α values of the adaptive-stopping sweep, recomputed from the stored uncertainties and "
+                    "per-step curves (needs --eval-every 1) (repeatable).",
+    )
     params: Optional[Path] = Field(None, description="JSON with 'lam'/'alpha' (e.g. tuning's best.json) overriding those flags.")
     out: Optional[Path] = Field(None, description="Write one JSON line per (prompt, method) here.")
     tracking: bool = Field(True, description="Log to MLflow (MLFLOW_TRACKING_URI or the state folder's sqlite store).")
@@ -86,13 +87,28 @@ class EvaluateConfig(RunnerConfig):
 
     @field_validator("method")
     @classmethod
-    def _known_methods(cls, value: list[str]) -> list[str]:
-        unknown = [m for m in value if m not in METHOD_NAMES]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHOD_NAMES)}")
+    def _known_method(cls, value: list[str]) -> list[str]:  # replaces the library's one-name check
         if not value:
             raise ValueError("give at least one --method")
+        for name in value:
+            get_method(name)
         return list(dict.fromkeys(value))  # keep order, drop repeats
+
+    @field_validator("alphas")
+    @classmethod
+    def _positive_alphas(cls, value: list[float]) -> list[float]:
+        if any(not a > 0 for a in value):
+            raise ValueError(f"every α must be > 0, got {value}")
+        return sorted(set(value))
+
+    def selection(self, method: str) -> SelectionSettings:  # type: ignore[override]
+        """The select step's settings (its cache key) for ``method``."""
+        return SelectionSettings(**self.model_dump(include=set(SelectionSettings.model_fields) - {"method"}),
+                                 method=method)
+
+    def ttft(self, method: str) -> TTFTConfig:
+        """The library's whole settings for ``method`` (what ``sift.ttft.run_prompt`` takes)."""
+        return TTFTConfig(**self.model_dump(include=set(TTFTConfig.model_fields) - {"method"}), method=method)
 
     @model_validator(mode="after")
     def _apply_params_file(self) -> "EvaluateConfig":

@@ -24,12 +24,11 @@ from flows.tasks import (
     default_corpus_dir,
     default_index_pointer,
     finetune_task,
+    load_tokenizer,
     model_fingerprint_of,
     prompt_hash,
     read_manifest,
     select_task,
-    split_for,
-    ttft_config,
 )
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -109,40 +108,30 @@ def limit_prompts(prompts: list[dict], limit: Optional[int]) -> list[dict]:
 # ------------------------------------------------------------------------------------------ results
 
 
-def compose_result(prompt: dict, cfg, selection: dict, outcome: dict) -> dict:
+def plan_of(prompt: dict, cfg, selection: dict, model: Optional[str]):
+    """Step 2's input for a cached selection: the library's ``plan_training`` (texts only)."""
+    from sift.jsonable import dataclass_from_jsonable
+    from sift.pipeline import plan_training
+    from sift.records import PromptSelection
+
+    tokenizer = load_tokenizer(model) if cfg.split is not None else None
+    return plan_training(prompt, dataclass_from_jsonable(PromptSelection, selection), cfg, tokenizer)
+
+
+def compose_result(prompt: dict, cfg, selection: dict, outcome: dict, plan) -> dict:
     """The ``PromptResult.to_json()`` row of one (prompt, method) from its cached parts, assembled by
-    the library exactly as ``sift.ttft.run_prompt`` does; ``seconds.total`` is the sum of the phases,
-    i.e. the compute the row cost when it was first computed (cached rows keep it).
+    the library exactly as ``sift.pipeline.run_prompt`` does; ``seconds.total`` is the sum of the
+    phases, i.e. the compute the row cost when it was first computed (cached rows keep it).
     """
     from sift.jsonable import dataclass_from_jsonable
-    from sift.ttft import PromptSelection, TrainingOutcome, assemble_result
+    from sift.pipeline import assemble_result
+    from sift.records import PromptSelection, TrainingOutcome
 
-    result = assemble_result(prompt, cfg, dataclass_from_jsonable(PromptSelection, selection),
-                             dataclass_from_jsonable(TrainingOutcome, outcome), float(selection.get("seconds_embed", 0.0)))
-    return result.to_json()
-
-
-def train_texts_of(selection: dict, cfg) -> list[str]:
-    """What ``run_prompt`` trains on: the library's training plan for this selection."""
-    from sift.jsonable import dataclass_from_jsonable
-    from sift.ttft import PromptSelection, training_plan
-
-    return training_plan(dataclass_from_jsonable(PromptSelection, selection), cfg)[0]
+    return assemble_result(prompt, cfg, dataclass_from_jsonable(PromptSelection, selection),
+                           dataclass_from_jsonable(TrainingOutcome, outcome), plan).to_json()
 
 
 # ------------------------------------------------------------------------------------- the core
-
-
-def _selection_settings(config: EvaluateConfig, method: str) -> dict:
-    """What decides a selection (the select task's key): never paths, never training settings."""
-    return {"method": method, "n": config.n, "k": config.k, "lam": config.lam, "alpha": config.alpha,
-            "seed": config.seed, "split": config.split, "max_tokens": config.max_tokens}
-
-
-def _training_settings(config: EvaluateConfig) -> dict:
-    """What decides a fine-tuning besides its texts: lr, eps, tokens, seed, LoRA rank, eval_every."""
-    return {"lr": config.lr, "eps": config.eps, "max_tokens": config.max_tokens, "seed": config.seed,
-            "lora_rank": config.lora_rank, "eval_every": config.eval_every}
 
 
 class EvaluationStats(Counter):
@@ -189,19 +178,18 @@ def run_evaluation(
     index_dir = str(resolve_index(config))
     index_fingerprint = read_manifest(index_dir)["fingerprint"]
     model_id = model_fingerprint_of(config.model)
-    training = _training_settings(config)
+    training = config.training().model_dump()
     select, finetune = cached(select_task), cached(finetune_task)
-    jobs = [(p, ttft_config(config, m)) for p in prompts for m in config.method]
+    jobs = [(p, config.ttft(m)) for p in prompts for m in config.method]
 
     def select_call(prompt: dict, cfg) -> dict:
         return dict(prompt=prompt, prompt_key=prompt_hash(prompt), index_dir=index_dir,
                     index_fingerprint=index_fingerprint, model=config.model,
-                    tokenizer_key=model_id if config.split else None,
-                    settings=_selection_settings(config, cfg.method))
+                    tokenizer_key=model_id if cfg.split is not None else None,
+                    settings=config.selection(cfg.method).model_dump())
 
-    def finetune_call(prompt: dict, cfg, selection: dict) -> dict:
-        _, eval_text, context = split_for(prompt, cfg, config.model)
-        return dict(eval_text=eval_text, eval_context=context, train_texts=train_texts_of(selection, cfg),
+    def finetune_call(plan) -> dict:
+        return dict(eval_text=plan.eval_text, eval_context=plan.eval_context, train_texts=plan.train_texts,
                     model=config.model, model_id=model_id, settings=training)
 
     def outcome_of(name: str, run) -> Any:
@@ -218,17 +206,19 @@ def run_evaluation(
         pending = []
         for (prompt, cfg), future in zip(jobs, selections):
             selection = outcome_of("select", future)
-            pending.append((selection, finetune.submit(**finetune_call(prompt, cfg, selection))))
+            plan = plan_of(prompt, cfg, selection, config.model)
+            pending.append((selection, plan, finetune.submit(**finetune_call(plan))))
     rows: list[dict] = []
     started = time.perf_counter()
     for i, (prompt, cfg) in enumerate(jobs):
         if parallel:
-            selection, future = pending[i]
+            selection, plan, future = pending[i]
             outcome = outcome_of("finetune_evaluate", future)
         else:
             selection = outcome_of("select", select(**select_call(prompt, cfg), return_state=True))
-            outcome = outcome_of("finetune_evaluate", finetune(**finetune_call(prompt, cfg, selection), return_state=True))
-        row = compose_result(prompt, cfg, selection, outcome)
+            plan = plan_of(prompt, cfg, selection, config.model)
+            outcome = outcome_of("finetune_evaluate", finetune(**finetune_call(plan), return_state=True))
+        row = compose_result(prompt, cfg, selection, outcome, plan)
         rows.append(row)
         logger.info(
             "[%d/%d] %s %s: bpb %.4f → %.4f, %d steps (%.0f s elapsed)", i + 1, len(jobs), row["prompt_id"],

@@ -294,19 +294,10 @@ def prompt_hash(prompt: dict) -> str:
     return text_hash(prompt["text"], prompt.get("id"), prompt.get("doc_id"))
 
 
-def split_for(prompt: dict, cfg, model: Optional[str]) -> tuple[str, str, str]:
-    """``(query_text, eval_text, eval_context)`` as ``sift.ttft.run_prompt`` defines them."""
-    from sift.ttft import split_prompt
-
-    if cfg.split is None:
-        return prompt["text"], prompt["text"], ""
-    query, rest = split_prompt(load_tokenizer(model), prompt["text"], cfg.split, cfg.max_tokens)
-    return query, rest, query
-
-
 @task(
     name="select",
-    cache_policy=content_policy(("sift.select", "sift.ttft", "sift.index", "sift.embed"),
+    cache_policy=content_policy(("sift.pipeline", "sift.select", "sift.methods.kernel", "sift.methods.greedy",
+                                 "sift.index", "sift.embed"),
                                 exclude=("prompt", "index_dir", "model")),
     persist_result=True,
     result_serializer="json",
@@ -320,31 +311,25 @@ def select_task(
     tokenizer_key: Optional[str],
     settings: dict,
 ) -> dict:
-    """Embed the prompt's query and choose its training sequences (``sift.ttft.choose_training_data``).
+    """Step 1 of a prompt (``sift.pipeline.choose``): embed its query, retrieve, select.
 
     Cached on (prompt hash, index fingerprint — which covers the corpus and the embedder —, the
-    selection settings: method, K, N, λ′, α, seed, split; and the tokenizer when ``split`` cuts the
-    prompt). Returns the ``PromptSelection`` as a JSON dict plus ``seconds_embed``.
+    ``SelectionSettings`` fields, and the tokenizer when ``split`` cuts the prompt). Returns the
+    ``PromptSelection`` as a JSON dict.
     """
-    import time
+    from sift.pipeline import choose
+    from sift.settings import SelectionSettings
 
-    from sift.ttft import TTFTConfig, choose_training_data
-
-    cfg = TTFTConfig(**settings)
+    cfg = SelectionSettings(**settings)
     index = load_corpus_index(index_dir, index_fingerprint)
-    query, _, _ = split_for(prompt, cfg, model)
-    t = time.perf_counter()
-    query_emb = np.asarray(locked_call(index_embedder(index_dir).encode, [query]), dtype=np.float32)[0]
-    seconds_embed = time.perf_counter() - t
-    exclude = {str(v) for v in (prompt.get("id"), prompt.get("doc_id")) if v is not None}
-    selection = to_jsonable(choose_training_data(query_emb, index, cfg, exclude))
-    selection["seconds_embed"] = seconds_embed
-    return selection
+    tokenizer = load_tokenizer(model) if cfg.split is not None else None
+    embedder = index_embedder(index_dir)
+    return to_jsonable(locked_call(choose, prompt, index, embedder, cfg, tokenizer))
 
 
 @task(
     name="finetune_evaluate",
-    cache_policy=content_policy(("sift.ttft", "sift.model"), exclude=("model",)),
+    cache_policy=content_policy(("sift.finetune", "sift.bpb", "sift.snapshot", "sift.model"), exclude=("model",)),
     persist_result=True,
     result_serializer="json",
 )
@@ -356,28 +341,18 @@ def finetune_task(
     model_id: str,
     settings: dict,
 ) -> dict:
-    """Fine-tune on ``train_texts`` (one Adam step each, in order), measure bits per byte on
-    ``eval_text`` before and after, and restore the model exactly (``sift.ttft.finetune_and_evaluate``).
+    """Step 2 of a prompt (``sift.finetune.finetune_and_evaluate``): one Adam step per training text,
+    bits per byte on ``eval_text`` before and after, exact reset.
 
     Cached on the content of what is trained and evaluated (texts), the model fingerprint and the
-    training settings (lr, eps, max_tokens, seed, LoRA rank, eval_every) — not on the method: two
-    methods that pick the same texts share one fine-tuning. Returns the ``TrainingOutcome`` as JSON.
+    ``TrainingSettings`` fields — not on the method: two methods that pick the same texts share one
+    fine-tuning. Returns the ``TrainingOutcome`` as JSON.
     """
-    from sift.ttft import TTFTConfig, finetune_and_evaluate
+    from sift.finetune import finetune_and_evaluate
+    from sift.settings import TrainingSettings
 
-    cfg = TTFTConfig(**settings)
+    cfg = TrainingSettings(**settings)
     lm, tokenizer, lock = load_model(model)
     with lock:  # the model object is shared by this process's threads
         outcome = finetune_and_evaluate(lm, tokenizer, eval_text, train_texts, cfg, eval_context=eval_context)
     return to_jsonable(outcome)
-
-
-def ttft_config(config, method: str):
-    """The library's ``TTFTConfig`` for ``method`` from an ``EvaluateConfig``."""
-    from sift.ttft import TTFTConfig
-
-    return TTFTConfig(
-        method=method, n=config.n, k=config.k, lam=config.lam, alpha=config.alpha, lr=config.lr, eps=config.eps,
-        max_tokens=config.max_tokens, split=config.split, seed=config.seed, lora_rank=config.lora_rank,
-        eval_every=config.eval_every,
-    )

@@ -299,6 +299,19 @@ def load_index(index_dir: str | Path, embedder=None) -> "CorpusIndex":
 # Searching.
 
 
+def _search_params_with(index: faiss.Index, selector: "faiss.IDSelector") -> "faiss.SearchParameters":
+    """Search parameters carrying ``selector`` and the index's own nprobe/efSearch (a parameter
+    object replaces the index's settings for that search, so they must be copied into it)."""
+    params = search_parameters(index)
+    if "nprobe" in params:
+        out = faiss.SearchParametersIVF(sel=selector, nprobe=params["nprobe"])
+    elif "efSearch" in params:
+        out = faiss.SearchParametersHNSW(sel=selector, efSearch=params["efSearch"])
+    else:
+        out = faiss.SearchParameters(sel=selector)
+    return out
+
+
 class CorpusIndex:
     """A loaded index folder: faiss index + exact embeddings + sequence table + manifest."""
 
@@ -311,10 +324,37 @@ class CorpusIndex:
         self.manifest = manifest
         self.fingerprint: str = manifest.get("fingerprint") or index_fingerprint(manifest)
         self.dim = int(index.d)
-        # doc_id → number of its sequences: how far to over-fetch so excluded documents cannot crowd out K.
-        self._doc_sizes: dict[str, int] = {}
-        for doc_id in sequences["doc_id"]:
-            self._doc_sizes[doc_id] = self._doc_sizes.get(doc_id, 0) + 1
+        # doc_id → its rows: the ids a search excludes inside faiss (IDSelector), never by filtering after.
+        self._doc_rows: dict[str, list[int]] = {}
+        for row, doc_id in enumerate(sequences["doc_id"]):
+            self._doc_rows.setdefault(doc_id, []).append(row)
+        self._duplicates: dict[int, CorpusIndex] = {}
+
+    def doc_ids(self) -> set[str]:
+        """Every document id the index holds (a prompt's doc_id that matches none excludes nothing)."""
+        return set(self._doc_rows)
+
+    def duplicated(self, times: int) -> "CorpusIndex":
+        """The same data space with every sequence stored ``times`` times under distinct row ids (copies
+        of row i are rows i·times .. i·times + times − 1; their ``doc_id`` is the original's, so the
+        leakage guard still excludes every copy). An exact in-memory inner-product index (the
+        duplication experiment: NN picks copies, SIFT should not). Kept per ``times``."""
+        if times == 1:
+            return self
+        if times < 1:
+            raise ValueError(f"duplicate must be >= 1, got {times}")
+        if times not in self._duplicates:
+            emb = np.repeat(np.asarray(self.embeddings, dtype=np.float32), times, axis=0)
+            rows = np.repeat(np.arange(len(self.sequences)), times)
+            seqs = self.sequences.select(rows.tolist())
+            seqs = seqs.remove_columns("seq_id").add_column("seq_id", list(range(len(seqs))))
+            seqs = seqs.add_column("copy_of", rows.tolist())
+            flat = faiss.IndexFlatIP(emb.shape[1])
+            flat.add(emb)
+            manifest = dict(self.manifest, fingerprint=f"{self.fingerprint}-x{times}", count=len(seqs),
+                            duplicated=times, index_type="flat", search_params={})
+            self._duplicates[times] = CorpusIndex(self.path, flat, emb, seqs, manifest)
+        return self._duplicates[times]
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -331,8 +371,9 @@ class CorpusIndex:
         ``query``: (d,) or (m, d) embeddings (e.g. several chunks of one prompt); a sequence's score
         is its largest inner product over the m rows. With ``also_query_opposite`` the index is also
         searched with −query and sequences rank by |inner product| (SIFT's gain depends on k(x*, x)²;
-        activeft does the same). Excluded documents' sequences are over-fetched and filtered, so
-        exactly min(k, available) candidates come back; ``k`` beyond that is clamped with a warning.
+        activeft does the same). Excluded documents' sequences are excluded inside faiss's search
+        (an ``IDSelectorNot`` over their rows), so exactly min(k, available) candidates come back;
+        ``k`` beyond that is clamped with a warning.
         Vectors are the exact stored embeddings.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
@@ -344,17 +385,20 @@ class CorpusIndex:
             raise ValueError(f"query must have shape ({self.dim},) or (m, {self.dim}), got {np.shape(query)}")
         if not np.all(np.isfinite(rows)):
             raise ValueError("query holds NaN or infinite values")
-        excluded = {str(d) for d in exclude_doc_ids}
-        n_excluded = sum(self._doc_sizes.get(d, 0) for d in excluded)
-        available = len(self) - n_excluded
+        excluded_rows = [r for d in {str(d) for d in exclude_doc_ids} for r in self._doc_rows.get(d, ())]
+        available = len(self) - len(excluded_rows)
         if available <= 0:
             raise ValueError("every sequence of the index belongs to an excluded document: nothing to return")
         if k > available:
             warnings.warn(f"k={k} exceeds the {available} sequences available; returning {available}", stacklevel=2)
             k = available
-        fetch = min(len(self), k + n_excluded)
         queries = np.ascontiguousarray(np.vstack([rows, -rows]) if also_query_opposite else rows)
-        scores, ids = self.index.search(queries, fetch)
+        if excluded_rows:
+            batch = faiss.IDSelectorBatch(np.asarray(excluded_rows, dtype=np.int64))
+            selector = faiss.IDSelectorNot(batch)  # `batch` must outlive the search: faiss holds a raw pointer
+            scores, ids = self.index.search(queries, k, params=_search_params_with(self.index, selector))
+        else:
+            scores, ids = self.index.search(queries, k)
         if also_query_opposite:  # a hit of −q with score s has ⟨q, x⟩ = −s
             scores[len(rows):] *= -1
         best: dict[int, float] = {}
@@ -365,9 +409,6 @@ class CorpusIndex:
             previous = best.get(seq_id)
             if previous is None or key > (abs(previous) if also_query_opposite else previous):
                 best[seq_id] = score
-        if excluded:
-            doc_ids = self.sequences.select(list(best))["doc_id"]
-            best = {s: v for (s, v), d in zip(best.items(), doc_ids) if d not in excluded}
         ranked = sorted(best.items(), key=lambda item: -abs(item[1]) if also_query_opposite else -item[1])[:k]
         if len(ranked) < k:
             warnings.warn(f"the index returned {len(ranked)} of k={k} candidates (approximate search)", stacklevel=2)

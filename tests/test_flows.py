@@ -85,14 +85,14 @@ def test_evaluate_reruns_only_what_changed(fresh_state, tiny_index_dir, tiny_pro
 def test_rows_equal_the_library_pipeline(fresh_state, tiny_index_dir, tiny_prompts_file, tiny_lm_dir):
     """The flow splits run_prompt into cached tasks; its rows must equal run_prompt's (timings aside)."""
     from flows.evaluate import evaluate, load_prompts
-    from flows.tasks import index_embedder, load_corpus_index, load_model, ttft_config
+    from flows.tasks import index_embedder, load_corpus_index, load_model
     from sift.ttft import run_prompt
 
     config = tiny_evaluate_config(tiny_index_dir, tiny_prompts_file, tiny_lm_dir, split=0.5, method=["nn", "sift"])
     rows = evaluate(config)["rows"]
     model, tokenizer, _ = load_model(config.model)
     index, embedder = load_corpus_index(tiny_index_dir), index_embedder(tiny_index_dir)
-    expected = [run_prompt(p, model, tokenizer, embedder, index, ttft_config(config, m)).to_json()
+    expected = [run_prompt(p, model, tokenizer, embedder, index, config.ttft(m)).to_json()
                 for p in load_prompts(config) for m in config.method]
     assert comparable(rows) == comparable(expected)
 
