@@ -28,6 +28,7 @@ from flows.tune import (
     open_study,
     split_prompts,
     study_definition,
+    suggest_params,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,6 +201,61 @@ def test_pruning_reporter_reports_running_objective_and_prunes(tmp_path):
     assert len(reporter.rows) == 2
 
 
+def _plotted_study(n_trials: int, seed: int = 0) -> optuna.Study:
+    """An in-memory study over the tune search space with a running objective per "prompt"."""
+    config = TuneConfig()
+    study = optuna.create_study(
+        study_name="plotted", sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest_params(trial, config)
+        value = abs(params["lam"] - 0.3) + (0.0 if params["alpha"] is None else 1.0 / params["alpha"])
+        for step in range(3):
+            trial.report(value + step, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    study.optimize(objective, n_trials=n_trials)
+    return study
+
+
+@pytest.mark.parametrize(
+    "n_trials, expected",
+    [
+        (0, []),
+        (1, ["tuning_history", "intermediate_values"]),  # one point: no slice, no importances
+        (3, ["tuning_history", "intermediate_values", "slice"]),
+        (20, ["tuning_history", "intermediate_values", "slice", "param_importances"]),
+    ],
+)
+def test_tuning_figures_are_optunas_plots_guarded_for_few_trials(n_trials, expected):
+    import warnings
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from flows.tune_tracking import MIN_TRIALS_FOR_IMPORTANCES, tuning_figures
+
+    study = _plotted_study(n_trials)
+    complete = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    assert ("param_importances" in expected) == (complete >= MIN_TRIALS_FOR_IMPORTANCES)
+    style = matplotlib.rcParams["axes.facecolor"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optuna.exceptions.ExperimentalWarning)  # silenced where it is called
+        figures = list(tuning_figures(study, "bpb"))
+    try:
+        assert [path for path, _ in figures] == [f"plots/{name}.png" for name in expected]
+        if figures:
+            assert figures[0][1].axes[0].get_ylabel() == "objective (bpb)"
+    finally:
+        for _, figure in figures:
+            plt.close(figure)
+    assert matplotlib.rcParams["axes.facecolor"] == style  # Optuna's ggplot style did not leak out
+
+
 @pytest.mark.slow  # the first MLflow use of a test session creates the sqlite store: ~20 s on 2 busy cores
 def test_mlflow_trial_logger_records_each_trial_as_a_run():
     from mlflow import MlflowClient
@@ -307,7 +363,9 @@ def test_tune_flow_logs_trials_writes_best_and_reuses_cached_work(
     parent = client.get_run(first["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     plots = {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/tuning_history.png", "plots/landscape.png"} <= plots
+    # Optuna's history and running-objective plots, its slice plot (2 complete trials), and our landscape.
+    expected = {"plots/tuning_history.png", "plots/intermediate_values.png", "plots/slice.png", "plots/landscape.png"}
+    assert expected <= plots, plots
     children = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
