@@ -7,6 +7,11 @@ Steps and what each is cached on (content, never file names or time):
    embedder id, shard range;
 4. build + save the index, skipped when the output folder already holds an index of the same build
    key (sequences, embedder, index type).
+The output folder is checked before any work (``check_out``, also the CLI's preflight) and again
+once the index's identity is known, before embedding: an existing folder is replaced only when it is
+empty or an index of the same sequences and embedder, or with ``--force``; never a folder that is not
+an index, the current directory, home, the state folder or a folder holding the corpus
+(``sift.atomic.check_out_dir``).
 A run killed mid-way (even ``kill -9``) resumes: finished shards are cached results and files.
 """
 
@@ -46,8 +51,10 @@ def assemble_default_corpus_task(out_dir: str, seed: int = 0) -> dict:
 
 
 @task(name="save_index", cache_policy=NO_CACHE)
-def save_index_task(out: str, sequences_path: str, shard_paths: list[str], index_type: str, manifest: dict) -> dict:
-    """Concatenate the shards, build the Faiss index and save it atomically (``sift.index``)."""
+def save_index_task(out: str, sequences_path: str, shard_paths: list[str], index_type: str, manifest: dict,
+                    force: bool = False, protect: list[str] | None = None) -> dict:
+    """Concatenate the shards, build the Faiss index and save it atomically (``sift.index``; ``force`` and
+    ``protect``, the corpus paths, decide what ``out`` may replace)."""
     import datasets
 
     from sift.embed import concat_shards
@@ -57,7 +64,8 @@ def save_index_task(out: str, sequences_path: str, shard_paths: list[str], index
     out_dir = Path(out)
     embeddings = concat_shards(shard_paths, out_dir.parent / f".{out_dir.name}.embeddings.npy")
     sequences = datasets.Dataset.from_parquet(sequences_path)
-    save_index(out_dir, build_faiss_index(embeddings, index_type=index_type), sequences, embeddings, manifest)
+    save_index(out_dir, build_faiss_index(embeddings, index_type=index_type), sequences, embeddings, manifest,
+               force=force, protect=protect or [])
     (out_dir.parent / f".{out_dir.name}.embeddings.npy").unlink(missing_ok=True)
     return json.loads((out_dir / "manifest.json").read_text())
 
@@ -68,6 +76,22 @@ def _existing_manifest(out: Path, build_key: str) -> dict | None:
     if manifest is None:
         return None
     return manifest if manifest.get("build_key") == build_key and (out / "index.faiss").is_file() else None
+
+
+def check_out(config: IndexConfig) -> None:
+    """Raise a one-line ``ValueError`` when ``config.out`` may not receive an index; cheap (reads at
+    most one manifest, loads no corpus or model), so the CLI calls it before starting the flow.
+
+    Refused: a folder that is not an index (e.g. one holding the user's files), the current directory,
+    home, the filesystem root, the state folder and any folder holding a ``config.corpus`` path (even
+    with ``force``). An existing index passes here; whether it is the same corpus and embedder is
+    checked in the flow once that is known (``sift.index.check_index_out``). No ``out``: the default
+    ``<state>/indices/<build key>`` is the program's own and always passes.
+    """
+    from sift.index import check_index_out
+
+    if config.out is not None:
+        check_index_out(config.out, force=config.force, protect=config.corpus)
 
 
 @flow(name="build_index", task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -89,7 +113,9 @@ def build_index(config: IndexConfig = IndexConfig()) -> dict:
 def build_index_in_flow(config: IndexConfig) -> dict:
     """The ``build_index`` flow's body, callable from another flow (``demo``) without a subflow."""
     from sift.corpus import LoadReport, fingerprint_dataset, load_documents
+    from sift.index import check_index_out
 
+    check_out(config)  # again here: deployments and the demo do not pass through the CLI's preflight
     logger = get_run_logger()
     paths = list(config.corpus)
     if not paths:
@@ -118,7 +144,11 @@ def build_index_in_flow(config: IndexConfig) -> dict:
     reused = manifest is not None
     shard_states: dict[str, int] = {}
     if manifest is None:
-        manifest = _build(config, chunks, embedder, build_key, documents_fingerprint, report, out, shard_states)
+        # The index's identity is known now: refuse another corpus's or embedder's index before embedding.
+        check_index_out(out, {"corpus_fingerprint": chunks["fingerprint"], "embedder_id": embedder.id},
+                        force=config.force, protect=paths)
+        manifest = _build(config, chunks, embedder, build_key, documents_fingerprint, report, out, shard_states,
+                          protect=paths)
     if not config.corpus:
         write_json(default_index_pointer(), {"path": str(out), "fingerprint": manifest["fingerprint"]})
     logger.info("index %s: %s (%d sequences)", "reused" if reused else "built", out, manifest["count"])
@@ -127,9 +157,9 @@ def build_index_in_flow(config: IndexConfig) -> dict:
 
 
 def _build(config: IndexConfig, chunks: dict, embedder, build_key: str, documents_fingerprint: str, report, out: Path,
-           shard_states: dict[str, int]) -> dict:
+           shard_states: dict[str, int], protect: list[str]) -> dict:
     """Embed every shard (cached tasks, submitted together), count their final states into
-    ``shard_states``, and save the index."""
+    ``shard_states``, and save the index (``protect``: the corpus paths, never replaced)."""
     from sift.embed import shard_ranges
 
     logger = get_run_logger()
@@ -164,4 +194,5 @@ def _build(config: IndexConfig, chunks: dict, embedder, build_key: str, document
         "index_type_requested": config.index_type,
         "load_report": report.to_json(),
     }
-    return save_index_task(str(out), chunks["path"], [s["path"] for s in shards], config.index_type, manifest)
+    return save_index_task(str(out), chunks["path"], [s["path"] for s in shards], config.index_type, manifest,
+                           force=config.force, protect=[str(p) for p in protect])

@@ -155,8 +155,13 @@ def demo(config: DemoConfig) -> None:
 
 @config_command(app, "index", IndexConfig, help="Build (or reuse) a Faiss index over a corpus: chunk, embed in cached shards, save.")
 def index(config: IndexConfig) -> None:
-    from flows.build_index import build_index
+    from flows.build_index import build_index, check_out
 
+    try:
+        check_out(config)  # a refused --out fails here, in seconds, before the flow loads anything
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(USAGE_ERROR) from None  # a bad --out is a bad flag
     result = _run_flow(build_index, config)
     typer.echo(f"index: {result['path']}  ({result['count']} sequences, fingerprint {result['fingerprint']})")
 

@@ -48,6 +48,12 @@ class IndexConfig(RunnerConfig):
     index_type: str = Field("auto", description="flat | ivf | hnsw | auto | any faiss factory string.")
     shard_size: int = Field(1024, ge=1, description="Sequences per embedding shard (one cached task each).")
     batch_size: int = Field(32, ge=1, description="Embedding batch size.")
+    force: bool = Field(
+        False,
+        description="Replace an index at --out built from another corpus or embedder. Without it only an empty "
+        "folder or an index of the same corpus and embedder is replaced; a folder that is not an index, the "
+        "current directory, home, the state folder and folders holding the corpus are never replaced.",
+    )
 
 
 class EvaluateConfig(RunnerConfig, TTFTConfig):

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sift.atomic import atomic_dir, read_json_or_none
+from sift.atomic import FolderKind, atomic_dir, check_out_dir, read_json_or_none
 from sift.corpus import chunk_records, decode_utf8, read_jsonl, tokenizer_id, write_jsonl
 from sift.env import state_dir
 
@@ -75,6 +75,18 @@ class DefaultCorpus:
 
     def prompts(self) -> list[dict[str, Any]]:
         return read_jsonl(self.prompts_path)
+
+
+# What a default-corpus folder is, for ``sift.atomic``. No identity keys: an assembled corpus is a
+# cache regenerated from the sources in about a minute, and other parameters rebuild it in place by
+# design (``benchmarks/ttft.py --max-tokens 128``); a folder that is not one is still never replaced.
+# Manifests written before "kind" existed are recognised by their "params" and "tokenizer_id".
+CORPUS_KIND = FolderKind(
+    name="sift-corpus",
+    noun="a default-corpus",
+    files=("corpus.jsonl", "prompts.jsonl", "manifest.json"),
+    legacy=lambda manifest: "params" in manifest and "tokenizer_id" in manifest,
+)
 
 
 def default_corpus_dir() -> Path:
@@ -359,6 +371,7 @@ def assemble_default_corpus(
     existing = _existing(out_dir, params)
     if existing is not None:
         return existing
+    check_out_dir(out_dir, CORPUS_KIND)  # a folder that is not a corpus is refused before collecting
 
     t0 = time.perf_counter()
     tokenizer = tokenizer if tokenizer is not None else default_tokenizer()
@@ -418,13 +431,14 @@ def _existing(out_dir: Path, params: dict) -> DefaultCorpus | None:
 
 
 def _write(out_dir: Path, corpus: list[dict], prompts: list[dict], manifest: dict, t0: float) -> DefaultCorpus:
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, CORPUS_KIND) as tmp:
         write_jsonl(tmp / "corpus.jsonl", corpus)
         write_jsonl(tmp / "prompts.jsonl", prompts)
         digest = hashlib.sha256()
         for name in ("corpus.jsonl", "prompts.jsonl"):
             digest.update((tmp / name).read_bytes())
-        manifest = {"fingerprint": digest.hexdigest()[:16], **manifest, "seconds": round(time.perf_counter() - t0, 2)}
+        manifest = {"kind": CORPUS_KIND.name, "fingerprint": digest.hexdigest()[:16], **manifest,
+                    "seconds": round(time.perf_counter() - t0, 2)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("default corpus: %d documents, %d sequences, %d prompts in %.1f s (%s)", manifest["documents"],
              manifest["sequences"], manifest["prompts"], manifest["seconds"], out_dir)

@@ -14,7 +14,8 @@ Index types (``build_index(index_type=...)``):
 An index folder holds ``index.faiss`` (faiss's own format), ``embeddings.npy`` (float32, the exact
 vectors: candidates' vectors come from here, not from lossy reconstructions), ``sequences.parquet``
 (row i = seq_id i) and ``manifest.json``. It is written to a temporary sibling folder and renamed into
-place, so a reader sees a complete index or none.
+place, so a reader sees a complete index or none. An existing folder is replaced only when it is empty
+or an index of the same corpus and embedder (or with ``force``): ``INDEX_KIND``, ``sift.atomic``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import datasets
 import faiss
 import numpy as np
 
-from sift.atomic import atomic_dir
+from sift.atomic import FolderKind, atomic_dir, check_out_dir
 from sift.corpus import fingerprint_dataset
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,38 @@ log = logging.getLogger(__name__)
 AUTO_FLAT_MAX = 200_000  # "auto" uses exact search up to this many vectors, IVF above
 INDEX_FILES = ("index.faiss", "embeddings.npy", "sequences.parquet")
 REQUIRED_MANIFEST_KEYS = ("embedder_id",)
+
+
+def _describe_index(manifest: dict) -> str:
+    corpus = manifest.get("corpus")
+    over = f"corpus {', '.join(map(str, corpus))} (sequences {manifest.get('corpus_fingerprint')})" if corpus \
+        else f"sequences {manifest.get('corpus_fingerprint')}"
+    return f"an index built with embedder {manifest.get('embedder_id')} over {over}"
+
+
+# What an index folder is, for ``sift.atomic``: an index is the same thing as another when it embeds
+# the same sequences (corpus, tokenizer, max_tokens: ``corpus_fingerprint``) with the same embedder;
+# another index type over them is a rebuild. Manifests written before "kind" existed are recognised
+# by the two keys every ``save_index`` wrote.
+INDEX_KIND = FolderKind(
+    name="sift-index",
+    noun="an index",
+    files=(*INDEX_FILES, "manifest.json"),
+    identity_keys=("corpus_fingerprint", "embedder_id"),
+    legacy=lambda manifest: "embedder_id" in manifest and "corpus_fingerprint" in manifest,
+    describe=_describe_index,
+)
+
+
+def check_index_out(out_dir: str | Path, identity: dict | None = None, *, force: bool = False,
+                    protect: Iterable[str | Path] = ()) -> None:
+    """Raise a one-line ``ValueError`` unless an index may be written to ``out_dir``
+    (``sift.atomic.check_out_dir`` with ``INDEX_KIND``); reads at most one manifest, writes nothing.
+
+    ``identity``: ``{"corpus_fingerprint", "embedder_id"}`` of the index about to be written (None:
+    not known yet, any index folder passes); ``protect``: the corpus paths (never replaced, nor a
+    folder holding them)."""
+    check_out_dir(out_dir, INDEX_KIND, identity, force=force, protect=protect)
 
 
 @dataclass
@@ -191,13 +224,16 @@ def index_fingerprint(manifest: dict) -> str:
 
 
 def save_index(out_dir: str | Path, index: faiss.Index, sequences: datasets.Dataset, embeddings: np.ndarray,
-               manifest: dict) -> None:
-    """Write an index folder atomically (temp sibling folder + rename; an old folder is replaced).
+               manifest: dict, *, force: bool = False, protect: Iterable[str | Path] = ()) -> None:
+    """Write an index folder atomically (temp sibling folder + rename).
 
-    ``manifest`` must name ``embedder_id``; this adds ``corpus_fingerprint`` (unless given: the
-    sequences' own content hash, or ``sequences_fingerprint`` when given), ``count``, ``dim``,
-    ``index_type`` (unless given), ``search_params``, ``fingerprint`` (unless given), ``files`` (byte
-    sizes, to detect truncation), ``package_versions`` and ``created``.
+    ``manifest`` must name ``embedder_id``; this adds ``kind`` (``"sift-index"``),
+    ``corpus_fingerprint`` (unless given: the sequences' own content hash, or ``sequences_fingerprint``
+    when given), ``count``, ``dim``, ``index_type`` (unless given), ``search_params``, ``fingerprint``
+    (unless given), ``files`` (byte sizes, to detect truncation), ``package_versions`` and ``created``.
+    An existing ``out_dir`` is replaced only when it is empty or an index of the same corpus
+    fingerprint and embedder, or with ``force`` (``check_index_out``; ``protect``: the corpus paths);
+    otherwise ``ValueError`` and nothing is written.
     """
     missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in manifest]
     if missing:
@@ -213,13 +249,14 @@ def save_index(out_dir: str | Path, index: faiss.Index, sequences: datasets.Data
     if index.d != vectors.shape[1]:
         raise ValueError(f"index dimension {index.d} != embeddings dimension {vectors.shape[1]}")
     out_dir = Path(out_dir).expanduser().resolve()
-    with atomic_dir(out_dir) as tmp:
+    full = dict(manifest)
+    full["kind"] = INDEX_KIND.name
+    if "corpus_fingerprint" not in full:
+        full["corpus_fingerprint"] = full.get("sequences_fingerprint") or fingerprint_dataset(sequences)
+    with atomic_dir(out_dir, INDEX_KIND, INDEX_KIND.identity(full), force=force, protect=protect) as tmp:
         faiss.write_index(index, str(tmp / "index.faiss"))
         np.save(tmp / "embeddings.npy", vectors)
         sequences.to_parquet(str(tmp / "sequences.parquet"))
-        full = dict(manifest)
-        if "corpus_fingerprint" not in full:
-            full["corpus_fingerprint"] = full.get("sequences_fingerprint") or fingerprint_dataset(sequences)
         full.setdefault("count", int(index.ntotal))
         full.setdefault("dim", int(index.d))
         full.setdefault("index_type", type(faiss.downcast_index(index)).__name__)
@@ -434,25 +471,35 @@ def build_index_from_corpus(
     shard_size: int = 1024,
     shard_dir: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> CorpusIndex:
     """Corpus paths (or a document Dataset) → sequences → embeddings → saved index → ``CorpusIndex``.
 
     ``tokenizer``: the base model's tokenizer (sequences are ≤ ``max_tokens`` of its tokens);
     ``embedder``: an ``Embedder`` (None: the bundled MiniLM). Embedding shards go to ``shard_dir``
     (default ``<state>/embeddings/<corpus fingerprint>``), so an interrupted build resumes.
+    ``out_dir`` is checked before any work and again before writing (``save_index``: an existing
+    folder is replaced only when empty or an index of the same sequences and embedder, or with
+    ``force``; never the corpus paths or a folder holding them).
     """
     from sift.corpus import ChunkReport, LoadReport, chunk_documents, load_documents
     from sift.embed import Embedder, embed_texts_sharded
     from sift.env import state_dir
 
+    paths = [] if isinstance(corpus, datasets.Dataset) else list(corpus)
+    protect = [Path(p) for p in paths]
+    check_index_out(out_dir, force=force, protect=protect)  # a refused out_dir fails before the embedding
     load_report = LoadReport()
-    docs = corpus if isinstance(corpus, datasets.Dataset) else load_documents(list(corpus), report=load_report)
+    docs = corpus if isinstance(corpus, datasets.Dataset) else load_documents(paths, report=load_report)
     chunk_report = ChunkReport()
     sequences = chunk_documents(docs, tokenizer, max_tokens, report=chunk_report)
     if len(sequences) == 0:
         raise ValueError("the corpus gives no sequence (every document is empty)")
     embedder = embedder if embedder is not None else Embedder()
     corpus_fingerprint = fingerprint_dataset(sequences)
+    # Now that the index's identity is known: refuse another corpus's or embedder's index before embedding.
+    check_index_out(out_dir, {"corpus_fingerprint": corpus_fingerprint, "embedder_id": embedder.id}, force=force,
+                    protect=protect)
     shard_dir = Path(shard_dir) if shard_dir else state_dir() / "embeddings" / corpus_fingerprint
     embeddings = embed_texts_sharded(embedder, sequences["text"], shard_dir, shard_size=shard_size, progress=progress)
     build_report: dict[str, Any] = {}
@@ -469,7 +516,7 @@ def build_index_from_corpus(
         "chunk_report": chunk_report.to_json(),
         "domains": {d: c for d, c in sorted(_count(sequences["domain"]).items())},
     }
-    save_index(out_dir, index, sequences, np.asarray(embeddings), manifest)
+    save_index(out_dir, index, sequences, np.asarray(embeddings), manifest, force=force, protect=protect)
     return load_index(out_dir, embedder)
 
 

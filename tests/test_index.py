@@ -138,6 +138,44 @@ def test_save_is_atomic_and_checks_its_inputs(tmp_path, corpus_index):
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]
 
 
+def test_save_replaces_only_an_index_of_the_same_corpus_and_embedder_unless_forced(tmp_path, corpus_index):
+    x = np.asarray(corpus_index.embeddings)
+    index = build_index(x)
+    out = tmp_path / "idx"
+    save_index(out, index, corpus_index.sequences, x, {"embedder_id": "e1"})
+    assert read_index_manifest(out)["kind"] == "sift-index"
+    with pytest.raises(ValueError, match=r"holds an index built with embedder e1 over sequences \w+, not an index "
+                                         r"built with embedder e2 .*; pass --force to replace it"):
+        save_index(out, index, corpus_index.sequences, x, {"embedder_id": "e2"})
+    with pytest.raises(ValueError, match="pass --force"):  # another corpus, same embedder
+        save_index(out, index, corpus_index.sequences, x, {"embedder_id": "e1", "corpus_fingerprint": "other"})
+    assert read_index_manifest(out)["embedder_id"] == "e1"
+    save_index(out, index, corpus_index.sequences, x, {"embedder_id": "e2"}, force=True)
+    assert read_index_manifest(out)["embedder_id"] == "e2"
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def test_an_index_saved_before_kind_existed_is_still_recognised(tmp_path, corpus_index):
+    legacy = tmp_path / "legacy"
+    shutil.copytree(corpus_index.path, legacy)
+    manifest = json.loads((legacy / "manifest.json").read_text())
+    del manifest["kind"]
+    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    x = np.asarray(corpus_index.embeddings)
+    with pytest.raises(ValueError, match="holds an index built with embedder"):  # recognised, and not the same
+        save_index(legacy, build_index(x), corpus_index.sequences, x, {"embedder_id": "another"})
+    # the same sequences and embedder: a rebuild, allowed without force
+    save_index(legacy, build_index(x), corpus_index.sequences, x, {"embedder_id": manifest["embedder_id"], "note": 1})
+    assert read_index_manifest(legacy)["note"] == 1
+    # the library's one-call builder refuses a folder of the user's before loading anything
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not an index folder"):
+        build_index_from_corpus(["/nonexistent.jsonl"], victim, None, None, progress=False)
+    assert [p.name for p in victim.iterdir()] == ["notes.txt"]
+
+
 def test_ivf_search_parameters_survive_save_and_load(tmp_path, corpus_index):
     x = clustered(2000, d=corpus_index.dim)
     index = build_index(x, "ivf", recall_k=50)
