@@ -1,7 +1,7 @@
 """Matplotlib figures of an evaluation or a tuning study (no MLflow here: callers log or save them).
 
 Every function takes plain dicts — result rows as written by ``PromptResult.to_json()`` and the
-summary of ``tracking.log.summarize`` — and returns a ``matplotlib.figure.Figure`` drawn with the
+summary of ``sift.stats.summarize`` — and returns a ``matplotlib.figure.Figure`` drawn with the
 non-interactive Agg backend (no display needed). Callers close figures with ``plt.close(fig)``.
 """
 
@@ -18,38 +18,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from sift.report import spearman as _report_spearman  # noqa: E402
-
-# One fixed colour per method, so every plot of a run tells methods apart the same way.
-METHOD_COLORS = {
-    "base": "#7f7f7f", "sift": "#d62728", "nn": "#1f77b4", "nn-f": "#17becf", "us": "#9467bd", "random": "#bcbd22",
-}
+from sift.methods import METHODS  # noqa: E402
+from sift.stats import final_uncertainty, spearman as _spearman  # noqa: E402
 
 
 def method_color(method: str, fallback_index: int = 0) -> str:
-    """The method's colour (matplotlib's tab10 cycle for unknown methods)."""
-    return METHOD_COLORS.get(method, f"C{fallback_index % 10}")
-
-
-def final_uncertainty(row: dict[str, Any]) -> float | None:
-    """σ_N of a result row: the uncertainty after the ``steps`` picks actually trained on.
-
-    ``uncertainties[n]`` is σ_n, the posterior standard deviation of the prompt after n picks, so with
-    adaptive stopping σ_N = uncertainties[steps]; None when the row has no uncertainties.
-    """
-    sigmas = row.get("uncertainties") or []
-    if not sigmas:
-        return None
-    steps = int(row.get("steps") or 0)
-    return float(sigmas[min(max(steps, 0), len(sigmas) - 1)])
+    """The method's colour from the registry (matplotlib's tab10 cycle for methods without one)."""
+    known = METHODS.get(method)
+    return known.color if known is not None and known.color else f"C{fallback_index % 10}"
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's ρ (``sift.report.spearman``: average ranks for ties) over the pairs where both values
-    are finite; NaN for < 3 such pairs or a constant side."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    keep = np.isfinite(x) & np.isfinite(y)
-    return _report_spearman(x[keep], y[keep])["rho"]
+    """Spearman's ρ of ``sift.stats.spearman`` (finite pairs, average ranks for ties)."""
+    return _spearman(x, y)["rho"]
 
 
 def _methods_in_order(rows: Sequence[dict[str, Any]]) -> list[str]:

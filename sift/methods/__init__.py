@@ -67,6 +67,7 @@ class Method:
     description: str
     repeats: bool = False
     retrieves: bool = field(default=True)
+    color: Optional[str] = None  # the method's colour in every plot (None: matplotlib's cycle)
 
     def __post_init__(self) -> None:
         if self.pick is None and self.retrieves:

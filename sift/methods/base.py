@@ -5,4 +5,4 @@ Its result still records σ_0² = Σ_rows k(x*, x*), the uncertainty before any 
 
 from sift.methods import Method, register_method
 
-register_method(Method("base", None, "the untouched base model (no data, no step)"))
+register_method(Method("base", None, "the untouched base model (no data, no step)", color="#7f7f7f"))

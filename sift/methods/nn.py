@@ -42,4 +42,4 @@ def pick_nearest(kernel: Kernel, n: int, options: PickOptions):
     return out, None
 
 
-register_method(Method("nn", pick_nearest, "nearest neighbours by inner product (TTT-NN)"))
+register_method(Method("nn", pick_nearest, "nearest neighbours by inner product (TTT-NN)", color="#1f77b4"))

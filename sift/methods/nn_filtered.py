@@ -40,4 +40,4 @@ def pick_filtered(kernel: Kernel, n: int, options: PickOptions):
     return out, None
 
 
-register_method(Method("nn-f", pick_filtered, "nearest neighbours without (near-)duplicates"))
+register_method(Method("nn-f", pick_filtered, "nearest neighbours without (near-)duplicates", color="#17becf"))

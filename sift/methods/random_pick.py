@@ -25,4 +25,4 @@ def pick_random(kernel: Kernel, n: int, options: PickOptions):
     return out, None
 
 
-register_method(Method("random", pick_random, "a seeded random sample of the candidates"))
+register_method(Method("random", pick_random, "a seeded random sample of the candidates", color="#bcbd22"))

@@ -21,4 +21,4 @@ def pick_sift(kernel: Kernel, n: int, options: PickOptions):
     return run_greedy(kernel, n, options.lam, directed=True)
 
 
-register_method(Method("sift", pick_sift, "SIFT: relevant and non-redundant, by the posterior variance", repeats=True))
+register_method(Method("sift", pick_sift, "SIFT: relevant and non-redundant, by the posterior variance", repeats=True, color="#d62728"))

@@ -15,4 +15,4 @@ def pick_uncertain(kernel: Kernel, n: int, options: PickOptions):
 
 
 register_method(Method("us", pick_uncertain, "uncertainty sampling: the least known candidate, undirected",
-                       repeats=True))
+                       repeats=True, color="#9467bd"))
