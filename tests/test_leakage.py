@@ -272,6 +272,52 @@ def test_shares_follow_the_documented_formula():
     np.testing.assert_allclose(overlap_shares(prompt, [rep]).candidate_share, [13 / 20])
 
 
+def _reference_shares(prompt: str, cands: list[str], n: int) -> tuple[list[float], list[float]]:
+    """The documented rule written the slow, obvious way (no prefilter, no fast paths)."""
+    def words(t):
+        return re.findall(r"\w+", unicodedata.normalize("NFKC", t).casefold())
+
+    def grams(w):
+        return {tuple(w)} if 0 < len(w) < n else {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+    def contains(hay, needle):
+        return any(hay[i:i + len(needle)] == needle for i in range(len(hay) - len(needle) + 1))
+
+    pw = words(prompt)
+    ps, cs = [], []
+    for c in cands:
+        cw = words(c)
+        if not pw or not cw:
+            ps.append(0.0), cs.append(0.0)
+        elif len(pw) >= n and len(cw) >= n:
+            inter = len(grams(pw) & grams(cw))
+            ps.append(inter / len(grams(pw))), cs.append(inter / len(grams(cw)))
+        else:
+            p_in_c = len(pw) < n and contains(cw, pw)
+            c_in_p = len(cw) < n and contains(pw, cw)
+            shared = int(p_in_c or c_in_p)
+            ps.append(float(p_in_c) if len(pw) < n else shared / len(grams(pw)))
+            cs.append(float(c_in_p) if len(cw) < n else shared / len(grams(cw)))
+    return ps, cs
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_matches_a_brute_force_reference_on_random_texts(n):
+    """Small vocabularies make long shared runs, short texts and repeats common (all code paths)."""
+    rng = random.Random(n)
+    vocab = ["a", "B", "c,", "d.", "É", "e\u0301", "x_1", "—", "Ｆ", "f"]
+    def text(k):
+        return " ".join(rng.choice(vocab) for _ in range(k))
+    for _ in range(40):
+        prompt = text(rng.choice([0, 2, 5, 9, 30, 60]))
+        cands = [text(rng.choice([0, 1, 3, 7, 8, 12, 40])) for _ in range(25)]
+        cands += [prompt[rng.randrange(len(prompt) + 1):] for _ in range(5)]
+        got = overlap_shares(prompt, cands, n=n)
+        ps, cs = _reference_shares(prompt, cands, n)
+        np.testing.assert_allclose(got.prompt_share, ps)
+        np.testing.assert_allclose(got.candidate_share, cs)
+
+
 def test_a_prompt_shorter_than_n_words_is_excluded_by_whole_word_containment():
     prompt = "PRAGMA checksum_verification = OFF;"  # 4 words < 8
     assert normalized_words(prompt) == ["pragma", "checksum_verification", "off"]
