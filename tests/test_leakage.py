@@ -244,6 +244,34 @@ def test_shared_licence_header_and_imports_do_not_exclude_a_different_function()
     assert overlap_mask(FUNC_A, [copy]).tolist() == [True]
 
 
+APACHE_FULL = """# Copyright 2024 The Example Project Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+
+
+def test_known_limit_a_chunk_that_is_mostly_a_full_licence_header_is_excluded():
+    """By the rule, not by accident: when both the evaluated text and a candidate are mostly the same
+    13-line licence header (~90 words), that candidate is mostly evaluated text and is dropped, although
+    it comes from another file. Prompts that start with such a header lose those candidates only."""
+    prompt = APACHE_FULL + "\nimport os\n\n\ndef join(x):\n    return os.path.join(x, 'a')\n"
+    header_chunk = APACHE_FULL + "\nimport sys\n\n\ndef warn(y):\n    print(y, file=sys.stderr)\n"
+    body_chunk = FUNC_B[len(APACHE_SHORT):]  # the same file's next sequence: no header
+    s = overlap_shares(prompt, [header_chunk, body_chunk])
+    assert s.share[0] > 0.85 and s.share[1] == 0
+    assert overlap_mask(prompt, [header_chunk, body_chunk]).tolist() == [True, False]
+
+
 def test_same_topic_paraphrase_is_not_excluded():
     prompt = paragraphs(CKSUM_HTML)[1]
     paraphrase = ("Every page of the database gets an eight byte checksum at its end from the checksum "
