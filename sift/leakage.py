@@ -172,7 +172,8 @@ def overlap_shares(prompt_text: str, candidate_texts: Sequence[str],
                 if run not in bytes(map(p_vocab.__contains__, c_words)):
                     continue
                 c_set = _shingles(c_words, n)
-                i = len(p_set.intersection(c_set)) if len(p_set) < len(c_set) else len(c_set.intersection(p_set))
+                small, large = (p_set, c_set) if len(p_set) < len(c_set) else (c_set, p_set)
+                i = len(small.intersection(large))  # iterates the smaller set
                 shared[j] = i
                 prompt_share[j] = i / p_size
                 candidate_share[j] = i / len(c_set)
