@@ -240,10 +240,30 @@ def _evaluate_subflow(config: EvaluateConfig, prompts: list[dict]) -> tuple[list
 
 
 @task(name="summary", cache_policy=NO_CACHE)
-def summarize_task(rows: list[dict], tracker) -> dict:
-    """Aggregate per method and domain (means, bootstrap intervals, paired differences) and record
-    them with the tracker (MLflow parent run, or nothing with --no-tracking)."""
-    return tracker.log_summary(rows)
+def summarize_task(rows: list[dict], tracker, config: EvaluateConfig) -> dict:
+    """The run's statistics (``sift.stats.summarize``: means per method and domain, paired comparisons
+    with ``config.reference``, σ_N correlations, the α sweep at ``config.alphas`` and per-step curves
+    where the rows have them), recorded with the tracker (MLflow parent run, or nothing with
+    --no-tracking)."""
+    from sift.stats import summarize
+
+    summary = summarize(rows, reference=config.reference, alphas=config.alphas, seed=config.seed,
+                        duplicate=config.duplicate)
+    return tracker.log_summary(rows, summary)
+
+
+def warn_unmatched_doc_ids(prompts: list[dict], index_dir: Path) -> Optional[str]:
+    """One warning when prompts' doc_id (and id) name no document of the index: the id guard then
+    excludes nothing, and only the text-overlap guard (``leak_threshold``) stands between a prompt
+    and its own document. Returns the message (None when every prompt matches)."""
+    from flows.tasks import load_corpus_index
+    from sift.leakage import unmatched_doc_ids, unmatched_doc_ids_message
+
+    index = load_corpus_index(index_dir)
+    message = unmatched_doc_ids_message(unmatched_doc_ids(prompts, index.doc_ids()), total_prompts=len(prompts))
+    if message:
+        get_run_logger().warning(message)
+    return message
 
 
 @flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -264,10 +284,11 @@ def evaluate_in_flow(config: EvaluateConfig) -> dict:
     params = {"index_fingerprint": manifest["fingerprint"], "embedder_id": manifest.get("embedder_id"),
               "index_path": str(index_dir), "prompts_count": len(prompts),
               "model_fingerprint": model_fingerprint_of(config.model)}
+    warn_unmatched_doc_ids(prompts, index_dir)
     with tracking_run(config, experiment=config.experiment, run_name="evaluate", enabled=config.tracking,
                       params=params) as tracker:
         rows = run_evaluation(config, prompts, tracker.log_result, stats=stats)
-        summary = summarize_task(rows, tracker)
+        summary = summarize_task(rows, tracker, config)
     if config.out is not None:
         out = Path(config.out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -301,12 +322,31 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "–" if value is None or (isinstance(value, float) and value != value) else f"{float(value):.{digits}f}"
 
 
+def comparison_lines(summary: dict) -> list[str]:
+    """Plain lines under the table: each paired comparison with the reference, σ_N correlations, the α sweep."""
+    lines = []
+    for p in summary.get("paired", []):
+        lines.append(f"{p['method']} − {p['reference']}: {p['mean']:+.4f} bits per byte after, 95 % interval "
+                     f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}], lower on {p['wins']} of {p['n']} prompts")
+    for method, c in summary.get("correlations", {}).items():
+        lines.append(f"{method}: Spearman ρ(σ_N, gain) {c['sigma_vs_gain']['rho']:+.2f}, "
+                     f"ρ(σ_N, bpb after) {c['sigma_vs_bpb_after']['rho']:+.2f}")
+    for method, sweep in summary.get("alpha_sweep", {}).items():
+        parts = [f"α={r['alpha']:g}: {100 * r['steps_saved']:.0f} % steps saved, {100 * r['bpb_loss_relative']:+.2f} % bpb"
+                 for r in sweep if r["alpha"] is not None]
+        lines.append(f"{method} adaptive stopping: " + "; ".join(parts))
+    return lines
+
+
 def print_summary(result: dict) -> None:
     """Print the summary table and the cache statistics of an ``evaluate`` result."""
     from rich.console import Console
 
     console = Console()
-    console.print(summary_table(result["summary"]))
+    summary = result["summary"]
+    console.print(summary_table(summary))
+    for line in comparison_lines(summary):
+        console.print(line)
     stats = result.get("stats") or {}
     cached = sum(v for k, v in stats.items() if k.endswith(":Cached"))
     console.print(f"{len(result['rows'])} (prompt, method) results; {cached} of {sum(stats.values())} tasks "

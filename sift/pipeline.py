@@ -11,7 +11,10 @@ Decisions worth knowing:
 - ``split=F`` cuts the prompt at a token boundary: the first ⌊F·T⌋ tokens are the query (embedded
   for retrieval, and given to the model as unscored context during evaluation); the remaining
   tokens are the evaluated text.
-- Leakage guard: the prompt's ``id`` and ``doc_id`` are excluded at search time.
+- Leakage guard: the prompt's ``id`` and ``doc_id`` are excluded at search time, and candidates whose
+  text overlaps the prompt's evaluated text (``leak_threshold``, ``sift.leakage``) are dropped, so a
+  prompt whose document sits in the corpus under another id (or none) never trains on itself. K is
+  over-fetched by a quarter so the drop rarely leaves fewer than K; the count is recorded.
 - Low similarity: when no candidate's score reaches ``min_similarity`` the prompt is still
   fine-tuned on what the method picks (``on_low_similarity="train"``, the default: SIFT's σ_n already
   says the data is uninformative, and α-stopping acts on it), and the result records
@@ -22,6 +25,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -74,19 +78,20 @@ def choose(prompt: dict, index, embedder, settings: SelectionSettings, tokenizer
     ``query_emb``: the query's embedding when already computed (then ``embedder`` is not used).
     "base" is embedded too: its σ_0 = ‖φ(x*)‖ is the retrieval-free uncertainty it records.
     """
-    query_text, _, _ = prompt_texts(prompt, settings, tokenizer)
+    query_text, eval_text, _ = prompt_texts(prompt, settings, tokenizer)
     t = time.perf_counter()
     if query_emb is None:
         query_emb = np.asarray(embedder.encode([query_text]), dtype=np.float32)[0]
     seconds_embed = time.perf_counter() - t
-    selection = choose_training_data(query_emb, index, settings, excluded_doc_ids(prompt))
+    selection = choose_training_data(query_emb, index, settings, excluded_doc_ids(prompt), eval_text=eval_text)
     selection.seconds_embed = seconds_embed
     return selection
 
 
 def choose_training_data(query_emb: np.ndarray, index, cfg: SelectionSettings,
-                         exclude_doc_ids: Iterable[str] = ()) -> PromptSelection:
-    """Retrieve K candidates for the query (none from ``exclude_doc_ids``) and pick N with ``cfg.method``.
+                         exclude_doc_ids: Iterable[str] = (), eval_text: str | None = None) -> PromptSelection:
+    """Retrieve K candidates for the query (none from ``exclude_doc_ids``, none whose text overlaps
+    ``eval_text`` when ``cfg.leak_threshold`` is set) and pick N with ``cfg.method``.
 
     query_emb: (d,) or (m, d) prompt embedding(s). ``cfg.duplicate`` > 1 searches the data space with
     every sequence stored that many times (``CorpusIndex.duplicated``). Methods that retrieve nothing
@@ -104,11 +109,28 @@ def choose_training_data(query_emb: np.ndarray, index, cfg: SelectionSettings,
     space = index.duplicated(cfg.duplicate) if cfg.duplicate > 1 else index
 
     t0 = time.perf_counter()
-    cands = space.search(query, cfg.k, exclude_doc_ids=exclude_doc_ids)
+    guard = eval_text is not None and cfg.leak_threshold is not None
+    fetch = min(len(space), cfg.k + (cfg.k // 4 + 8 if guard else 0))
+    with warnings.catch_warnings():  # over-fetching past the index's size is not the user's k
+        if fetch > cfg.k:
+            warnings.filterwarnings("ignore", message=r"k=\d+ exceeds")
+        cands = space.search(query, fetch, exclude_doc_ids=exclude_doc_ids)
     seq_ids, vectors, scores = cands.seq_ids, cands.vectors, cands.scores
+    excluded_overlap = 0
+    if guard and len(seq_ids):
+        from sift.leakage import overlap_mask
+
+        leaks = overlap_mask(eval_text, space.texts(seq_ids), threshold=cfg.leak_threshold)
+        excluded_overlap = int(leaks.sum())
+        seq_ids, vectors, scores = seq_ids[~leaks], vectors[~leaks], scores[~leaks]
+    seq_ids, vectors, scores = seq_ids[: cfg.k], vectors[: cfg.k], scores[: cfg.k]  # ranked best first
+    if fetch > cfg.k and len(seq_ids) < cfg.k:
+        warnings.warn(f"{len(seq_ids)} of k={cfg.k} candidates are left after excluding the prompt's own "
+                      f"document and {excluded_overlap} overlapping its text", stacklevel=2)
     seconds_retrieval = time.perf_counter() - t0
     if len(seq_ids) == 0:
-        return PromptSelection([], [], [], [], [], [sigma0], 0, [], seconds_retrieval, 0.0, 0, None)
+        return PromptSelection([], [], [], [], [], [sigma0], 0, [], seconds_retrieval, 0.0, 0, None,
+                               excluded_overlap=excluded_overlap)
 
     t0 = time.perf_counter()
     sel = select(query, vectors, cfg.n, method=cfg.method, lam=cfg.lam, alpha=cfg.alpha, seed=cfg.seed)
@@ -135,6 +157,7 @@ def choose_training_data(query_emb: np.ndarray, index, cfg: SelectionSettings,
         seconds_selection=seconds_selection,
         candidate_count=int(len(seq_ids)),
         max_score=float(np.max(np.abs(scores))),
+        excluded_overlap=excluded_overlap,
     )
 
 

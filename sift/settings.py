@@ -45,6 +45,9 @@ class SelectionSettings(SharedSettings):
                                                                  "as query and evaluate on the rest.")
     duplicate: int = Field(1, ge=1, description="Data space with every indexed sequence stored this many times "
                                                 "under distinct ids (the duplication experiment); 1: as indexed.")
+    leak_threshold: Optional[float] = Field(0.5, gt=0, le=1, description="Leakage guard: drop candidates sharing "
+                                            "this share of 8-word shingles with the prompt's evaluated text "
+                                            "(either side's share; sift.leakage); none: off.")
     min_similarity: float = Field(0.2, description="A prompt whose best candidate scores below this is flagged "
                                                    "low_similarity (and skipped with on_low_similarity=skip).")
     on_low_similarity: Literal["train", "skip"] = Field("train", description="What a low-similarity prompt does: "

@@ -18,7 +18,7 @@ from conftest import make_result_rows
 
 from flows.config import EvaluateConfig
 from tracking import plots
-from tracking._summary import bootstrap_mean, summarize
+from sift.stats import summarize
 from tracking.log import (
     NullLogger,
     RunTerminated,
@@ -34,7 +34,7 @@ from tracking.store import TrackingUnreachable, check_reachable, default_trackin
 from tracking.ui import reap_store, server_command, server_env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS = ("plots/bpb_by_method_domain.png", "plots/bpb_gain_by_method_domain.png",
+PLOTS = ("plots/bpb_by_method_domain.png", "plots/bpb_gain_by_method_domain.png", "plots/paired_vs_nn.png",
          "plots/uncertainty_vs_bpb_after.png", "plots/uncertainty_vs_bpb_gain.png", "plots/curves.png")
 
 
@@ -176,10 +176,14 @@ def test_parent_metrics_are_means_with_bootstrap_intervals_per_method_and_domain
     gain = [r["bpb_before"] - r["bpb_after"] for r in rows if r["method"] == "sift"]
     assert m["sift/bpb_gain"] == pytest.approx(np.mean(gain))
     assert "sift/spearman_sigma_gain" in m and -1 <= m["sift/spearman_sigma_gain"] <= 1
-    diff = [a["bpb_after"] - b["bpb_after"] for a in rows for b in rows
-            if a["method"] == "nn" and b["method"] == "sift" and a["prompt_id"] == b["prompt_id"]]
-    assert m["paired/nn_vs_sift/bpb_after_diff"] == pytest.approx(np.mean(diff))
-    assert m["paired/nn_vs_sift/bpb_after_diff_lo"] <= m["paired/nn_vs_sift/bpb_after_diff_hi"]
+    # every method against the reference (nn, the default): paired/<method>-vs-nn/{mean,ci_low,ci_high,wins}
+    pairs = [(a, b) for a in rows for b in rows
+             if a["method"] == "sift" and b["method"] == "nn" and a["prompt_id"] == b["prompt_id"]]
+    diff = [a["bpb_after"] - b["bpb_after"] for a, b in pairs]
+    assert m["paired/sift-vs-nn/mean"] == pytest.approx(np.mean(diff))
+    assert m["paired/sift-vs-nn/ci_low"] <= m["paired/sift-vs-nn/mean"] <= m["paired/sift-vs-nn/ci_high"]
+    assert m["paired/sift-vs-nn/wins"] == sum(d < 0 for d in diff)
+    assert "paired/base-vs-nn/mean" in m and not any(k.startswith("paired/nn-vs") for k in m)
 
 
 @pytest.mark.slow  # shares the `logged` fixture: ~5-10 s of sqlite commits on 2 busy cores
@@ -293,16 +297,9 @@ def test_result_metrics_and_selection_table_follow_the_row(result_rows):
     table = selection_table(sift_row)
     assert table["trained"].count(True) == sift_row["steps"] < len(table["rank"])  # stopped early
     assert table["uncertainty_after"][0] == sift_row["uncertainties"][1]
-    with pytest.raises(ValueError, match="has no 'bpb_after'"):
-        summarize([{"prompt_id": "p", "method": "sift", "domain": "d", "bpb_before": 1.0}])
-    with pytest.raises(ValueError, match="empty"):
-        summarize([])
 
 
-def test_bootstrap_and_spearman():
-    mean, lo, hi = bootstrap_mean([1.0, 2.0, 3.0, 4.0])
-    assert mean == 2.5 and 1.0 <= lo < 2.5 < hi <= 4.0
-    assert bootstrap_mean([2.0]) == (2.0, 2.0, 2.0)
+def test_plots_spearman_is_the_stats_rho():  # sift.stats itself: tests/test_stats.py
     assert plots.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert plots.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(plots.spearman([1, 2], [1, 2]))

@@ -356,6 +356,40 @@ def test_leakage_guard_never_offers_the_prompts_own_document(tiny_stack):
     assert guarded.scores == sorted(guarded.scores, reverse=True)
 
 
+def test_text_overlap_guard_catches_a_prompt_whose_doc_id_matches_nothing(tiny_stack):
+    """Issue 17: a prompt whose document is in the corpus under another id (folder corpora) trained on
+    itself. The id guard excludes nothing; the text-overlap guard must."""
+    from sift.pipeline import choose
+
+    _, embedder, index = tiny_stack
+    own = next(r for r in index.sequences if r["doc_id"] == "wiki-0")
+    prompt = {"id": "p1", "doc_id": "wiki/0.html", "domain": "wiki", "text": own["text"].upper()}  # reformatted copy
+    cfg = TTFTConfig(method="nn", n=5, k=10)
+    guarded = choose(prompt, index, embedder, cfg)
+    assert "wiki-0" not in guarded.doc_ids and guarded.excluded_overlap >= 1
+    assert guarded.candidate_count == 10  # over-fetched: still K candidates after the drop
+    unguarded = choose(prompt, index, embedder, cfg.model_copy(update={"leak_threshold": None}))
+    assert unguarded.doc_ids[0] == "wiki-0" and unguarded.excluded_overlap == 0
+    assert index.doc_ids() >= {"wiki-0"} and "wiki/0.html" not in index.doc_ids()
+
+
+def test_duplicated_space_repeats_every_sequence_and_excludes_every_copy(tiny_stack):
+    _, embedder, index = tiny_stack
+    space = index.duplicated(3)
+    assert len(space) == 3 * len(index) and index.duplicated(3) is space and index.duplicated(1) is index
+    assert space.sequences[4]["copy_of"] == 1 and space.sequences[4]["text"] == index.sequences[1]["text"]
+    own = next(r for r in index.sequences if r["doc_id"] == "wiki-0")
+    query = _query(embedder, own["text"])
+    nn = choose_training_data(query, index, TTFTConfig(method="nn", n=3, k=9, duplicate=3))
+    assert len(set(nn.seq_ids)) == 3 and len({s // 3 for s in nn.seq_ids}) == 1  # NN: three copies of one
+    sift_sel = choose_training_data(query, index, TTFTConfig(method="sift", n=3, k=9, duplicate=3))
+    # same first pick; SIFT's second is the best of all candidates given it, NN's second a copy of the first
+    assert sift_sel.seq_ids[0] == nn.seq_ids[0] and sift_sel.variances[2] <= nn.variances[2] + 1e-12
+    guarded = choose_training_data(query, index, TTFTConfig(method="nn", n=3, k=9, duplicate=3),
+                                   exclude_doc_ids={"wiki-0"})
+    assert "wiki-0" not in guarded.doc_ids
+
+
 def test_n_larger_than_k_sift_repeats_nn_clamps(tiny_stack):
     _, embedder, index = tiny_stack
     query = _query(embedder, "def cube(x):\n    return x ** 3\n")

@@ -43,12 +43,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from tracking._summary import summarize, total, total_seconds
+from sift.stats import final_uncertainty, summarize, total, total_seconds
 from tracking.plots import (
-    final_uncertainty,
+    plot_alpha_sweep,
     plot_bpb_by_method_domain,
     plot_curves,
     plot_landscape,
+    plot_paired,
+    plot_step_curves,
     plot_uncertainty_vs_bpb,
 )
 from tracking.store import check_reachable, default_tracking_uri, get_or_create_experiment
@@ -201,12 +203,14 @@ def selection_table(row: Mapping[str, Any]) -> dict[str, list]:
 
 
 def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """Parent-run metrics from ``summarize``: ``<method>/<stat>`` over all prompts,
-    ``<method>/<domain>/<stat>`` per domain, ``paired/<a>_vs_<b>/bpb_after_diff`` (+ ``_lo``/``_hi``).
+    """Parent-run metrics from ``sift.stats.summarize``: ``<method>/<stat>`` over all prompts,
+    ``<method>/<domain>/<stat>`` per domain, ``paired/<method>-vs-<reference>/{mean,ci_low,ci_high,wins}``
+    (bits per byte after, method − reference, 95 % bootstrap interval over prompts).
     Non-finite values (e.g. ρ of < 3 points) are left out."""
     stats = ("count", "bpb_before", "bpb_before_lo", "bpb_before_hi", "bpb_after", "bpb_after_lo", "bpb_after_hi",
              "bpb_gain", "bpb_gain_lo", "bpb_gain_hi", "steps", "tokens", "flops", "seconds_total",
-             "uncertainty_final", "stopped_early", "spearman_sigma_bpb_after", "spearman_sigma_gain")
+             "uncertainty_final", "stopped_early", "spearman_sigma_bpb_after", "spearman_sigma_gain",
+             "unique_sequences")
     out: dict[str, float] = {}
     for g in summary["groups"]:
         prefix = (g["method"],) if g["domain"] == "all" else (g["method"], g["domain"])
@@ -214,11 +218,10 @@ def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
             value = g.get(stat)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 out[metric_key(*prefix, stat)] = float(value)
-    for p in summary.get("paired", []):
-        pair = f"{p['method_a']}_vs_{p['method_b']}"
-        for stat, key in (("mean_diff", "bpb_after_diff"), ("lo", "bpb_after_diff_lo"), ("hi", "bpb_after_diff_hi")):
-            if math.isfinite(p[stat]):
-                out[metric_key("paired", pair, key)] = float(p[stat])
+    for p in summary.get("paired", []):  # paired/<method>-vs-<reference>/{mean,ci_low,ci_high,wins}
+        for stat in ("mean", "ci_low", "ci_high", "wins"):
+            if isinstance(p.get(stat), (int, float)) and math.isfinite(p[stat]):
+                out[f"paired/{p['method']}-vs-{p['reference']}/{stat}"] = float(p[stat])
     return out
 
 
@@ -409,9 +412,9 @@ class NullLogger:
         """Record nothing."""
         return None
 
-    def log_summary(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Return ``summarize(rows)`` without recording it."""
-        return summarize(rows)
+    def log_summary(self, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Return the summary (``summarize(rows)`` when none is given) without recording it."""
+        return dict(summary) if summary is not None else summarize(rows)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         """Close the figure; record nothing."""
@@ -552,14 +555,16 @@ class MlflowLogger:
             self._check_open()
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_summary(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Aggregate the rows and record the summary on the parent run; return the summary.
+    def log_summary(self, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Record a run's summary (``sift.stats.summarize(rows)`` when none is given) on the parent run.
 
         Metrics: ``summary_metrics``. Artifacts: ``summary.csv``, ``summary.json``, ``results.jsonl`` (the
         rows), ``plots/bpb_by_method_domain.png``, ``plots/bpb_gain_by_method_domain.png``,
-        ``plots/uncertainty_vs_bpb_after.png``, ``plots/uncertainty_vs_bpb_gain.png``, ``plots/curves.png``.
+        ``plots/paired_vs_<reference>.png``, ``plots/uncertainty_vs_bpb_after.png``,
+        ``plots/uncertainty_vs_bpb_gain.png``, ``plots/curves.png``, and where the rows have per-step
+        curves ``plots/step_curves.png`` and ``plots/alpha_sweep_<method>.png``.
         """
-        summary = summarize(rows)
+        summary = dict(summary) if summary is not None else summarize(rows)
         self.log_metrics(summary_metrics(summary))
         with self._lock:
             self._check_open()
@@ -569,9 +574,15 @@ class MlflowLogger:
                                  "results.jsonl")
         self.log_figure(plot_bpb_by_method_domain(summary, "bpb_after"), "plots/bpb_by_method_domain.png")
         self.log_figure(plot_bpb_by_method_domain(summary, "bpb_gain"), "plots/bpb_gain_by_method_domain.png")
+        if summary.get("paired"):
+            self.log_figure(plot_paired(summary), f"plots/paired_vs_{summary['reference']}.png")
         self.log_figure(plot_uncertainty_vs_bpb(rows, "bpb_after"), "plots/uncertainty_vs_bpb_after.png")
         self.log_figure(plot_uncertainty_vs_bpb(rows, "bpb_gain"), "plots/uncertainty_vs_bpb_gain.png")
         self.log_figure(plot_curves(rows), "plots/curves.png")
+        if any(len(c) > 2 for c in summary.get("step_curves", {}).values()):
+            self.log_figure(plot_step_curves(summary), "plots/step_curves.png")
+        for method in summary.get("alpha_sweep", {}):
+            self.log_figure(plot_alpha_sweep(summary, method), f"plots/alpha_sweep_{method}.png")
         return summary
 
     def log_landscape(self, params: Sequence[Mapping[str, Any]], values: Sequence[float],

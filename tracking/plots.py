@@ -164,6 +164,76 @@ def plot_curves(rows: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
+def plot_paired(summary: dict[str, Any]) -> Figure:
+    """Each method's paired difference to the reference (bits per byte after, method − reference),
+    mean and 95 % bootstrap interval over prompts, with the wins; left of 0: better than the reference."""
+    paired = summary.get("paired") or []
+    if not paired:
+        raise ValueError("summary has no paired comparisons (one method only?)")
+    ref = summary["reference"]
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.55 * len(paired)))
+    for i, p in enumerate(paired):
+        color = method_color(p["method"], i)
+        lo, hi = p["ci_low"], p["ci_high"]
+        if math.isfinite(lo) and math.isfinite(hi):
+            ax.plot([lo, hi], [i, i], color=color, lw=3, solid_capstyle="butt")
+        ax.plot([p["mean"]], [i], "o", color=color, ms=8)
+        ax.annotate(f"{p['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]   wins {p['wins']}/{p['n']}", (p["mean"], i),
+                    xytext=(0, 9), textcoords="offset points", ha="center", fontsize=8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(paired)), [p["method"] for p in paired])
+    ax.set_ylim(-0.7, len(paired) - 0.2)
+    ax.set_xlabel(f"bits per byte after: method − {ref} (paired over prompts; < 0: better than {ref})")
+    ax.set_title(f"paired comparison with {ref}, 95 % bootstrap intervals", fontsize=11)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_step_curves(summary: dict[str, Any]) -> Figure:
+    """Mean bits per byte after each step, one line per method (from ``summary["step_curves"]``)."""
+    curves = {m: c for m, c in (summary.get("step_curves") or {}).items() if c}
+    if not curves:
+        raise ValueError("summary has no step curves")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (method, curve) in enumerate(curves.items()):
+        ax.plot([p["step"] for p in curve], [p["mean_bpb"] for p in curve], color=method_color(method, i),
+                marker="o", ms=3, lw=2, label=method)
+    ax.set_xlabel("step (gradient steps = picks trained on)")
+    ax.set_ylabel("mean bits per byte over prompts")
+    ax.set_title("bits per byte after each step (lower is better)", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_alpha_sweep(summary: dict[str, Any], method: str = "sift") -> Figure:
+    """Adaptive stopping at each α (steps saved against bits per byte lost, from the stored curves)
+    beside the uniform cut (every prompt stops after the same step): below the cut's line is better."""
+    sweep = [r for r in (summary.get("alpha_sweep") or {}).get(method, []) if r["alpha"] is not None]
+    cut = (summary.get("truncation_reference") or {}).get(method, [])
+    if not sweep:
+        raise ValueError(f"summary has no α sweep for {method!r} (needs per-step curves: --eval-every 1)")
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    if cut:
+        ax.plot([100 * r["steps_saved"] for r in cut], [100 * r["bpb_loss_relative"] for r in cut], color="#7f7f7f",
+                marker="s", ms=4, lw=1.5, label="uniform cut: every prompt stops after s steps")
+    ax.plot([100 * r["steps_saved"] for r in sweep], [100 * r["bpb_loss_relative"] for r in sweep],
+            color=method_color(method), marker="o", ms=5, lw=2, label=f"{method} with adaptive stopping (α)")
+    for r in sweep:
+        ax.annotate(f"α={r['alpha']:g}", (100 * r["steps_saved"], 100 * r["bpb_loss_relative"]), xytext=(4, -10),
+                    textcoords="offset points", fontsize=7)
+    ax.set_xlabel("steps saved (%)")
+    ax.set_ylabel("bits per byte lost (%, relative to all steps)")
+    ax.set_title(f"compute against quality: {method}, {sweep[0]['n']} prompts", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_landscape(params: Sequence[dict[str, Any]], values: Sequence[float], x: str = "lam", y: str = "alpha",
                    objective: str = "objective (lower is better)") -> Figure:
     """The tuning landscape: each finished trial at (λ′, α) on log axes coloured by its objective value,
