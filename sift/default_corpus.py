@@ -79,7 +79,7 @@ class DefaultCorpus:
 
 # What a default-corpus folder is, for ``sift.atomic``. No identity keys: an assembled corpus is a
 # cache regenerated from the sources in about a minute, and other parameters rebuild it in place by
-# design (``benchmarks/ttft.py --max-tokens 128``); a folder that is not one is still never replaced.
+# design (an index at another ``--max-tokens``); a folder that is not one is still never replaced.
 # Manifests written before "kind" existed are recognised by their "params" and "tokenizer_id".
 CORPUS_KIND = FolderKind(
     name="sift-corpus",

@@ -90,8 +90,8 @@ class WeightSnapshot:
 
         Why a copy and not the update computed out of place, work = base − lr·m̂/(√v̂ + eps): that
         takes six unfused element-wise passes, measured ~50 ms slower per prompt than one copy,
-        two zero fills and the fused kernel on SmolLM2-135M (2 CPU threads; benchmarks/ttft.py
-        --reset-only compares both). The copy is the price of never writing the base.
+        two zero fills and the fused kernel on SmolLM2-135M (2 CPU threads; benchmarks/reset.py
+        compares both). The copy is the price of never writing the base.
         """
         if not isinstance(optimizer, torch.optim.Adam) and not isinstance(optimizer, torch.optim.AdamW):
             raise ValueError(f"first_adam_step needs torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
