@@ -290,9 +290,9 @@ def evaluate_in_flow(config: EvaluateConfig) -> dict:
         rows = run_evaluation(config, prompts, tracker.log_result, stats=stats)
         summary = summarize_task(rows, tracker, config)
     if config.out is not None:
-        out = Path(config.out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        from sift.atomic import write_jsonl
+
+        write_jsonl(Path(config.out).expanduser(), rows)
     get_run_logger().info("task states: %s", dict(stats))
     return {"summary": summary, "rows": rows, "stats": dict(stats), "mlflow_run_id": tracker.run_id}
 

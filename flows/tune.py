@@ -18,16 +18,14 @@ counts with several workers) are in those modules' docstrings and ``docs/tuning.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import threading
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from flows.config import TuneConfig
+from sift.atomic import write_json, write_jsonl
 from flows.objective import (
     STOPPING_CHOICES,
     PruningReporter,
@@ -78,23 +76,6 @@ def _load_prompts(config: TuneConfig) -> list[dict]:
     return limit_prompts(load_prompts(config), config.limit)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file private to this process and thread, then rename: workers sharing a
-    study write the same files, and a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _write_json(path: Path, value: Any) -> None:
-    _write_atomic(path, json.dumps(value, indent=2) + "\n")
-
-
 # ----------------------------------------------------------------------------------------------
 # The flow
 
@@ -126,9 +107,9 @@ def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
     study, created = open_study(storage, config.study, definition)
     split = {"tune_prompt_ids": [p["id"] for p in tune_prompts], "report_prompt_ids": [p["id"] for p in report_prompts]}
     out_dir = study_dir(config.study)
-    _write_json(out_dir / "split.json", split)
-    _write_jsonl(out_dir / "tune_prompts.jsonl", tune_prompts)
-    _write_jsonl(out_dir / "report_prompts.jsonl", report_prompts)
+    write_json(out_dir / "split.json", split, indent=2)
+    write_jsonl(out_dir / "tune_prompts.jsonl", tune_prompts)
+    write_jsonl(out_dir / "report_prompts.jsonl", report_prompts)
     if created and config.lam_min <= config.lam <= config.lam_max:
         # The first trial is the configured point, so tuning never ends worse than the defaults.
         start: dict[str, Any] = {"lam": config.lam, "stopping": "never"}
@@ -159,9 +140,9 @@ def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
         best_value = study.best_value if best is not None else math.nan
         best_json = out_dir / "best.json"
         if best is not None:
-            _write_json(best_json, best)
+            write_json(best_json, best, indent=2)
             if config.out is not None:
-                _write_json(Path(config.out), best)
+                write_json(Path(config.out), best, indent=2)
         counts: dict[str, int] = {}
         for t in study.get_trials(deepcopy=False):
             counts[t.state.name] = counts.get(t.state.name, 0) + 1

@@ -175,17 +175,32 @@ def atomic_dir(out_dir: Path, kind: FolderKind, identity: dict | None = None, *,
         raise
 
 
-def write_json(path: Path, obj: Any, indent: int | None = None, default: Callable[[Any], Any] | None = None) -> Path:
-    """Write ``json.dumps(obj, indent=indent, default=default)`` to ``path`` atomically (a hidden
-    per-process temporary sibling, then one ``os.replace``), creating the parent folder; returns ``path``."""
-    import json
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a hidden temporary sibling named per process and
+    thread (two writers never share one), then one ``os.replace``; creates the parent folder.
+    Readers see the old file or the whole new one, never a truncated one. Returns ``path``."""
+    import threading
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=indent, default=default))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: Path, obj: Any, indent: int | None = None, default: Callable[[Any], Any] | None = None) -> Path:
+    """``write_text`` of ``json.dumps(obj, indent=indent, default=default)``, with a final newline."""
+    import json
+
+    return write_text(path, json.dumps(obj, indent=indent, default=default) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[Any], default: Callable[[Any], Any] | None = None) -> Path:
+    """``write_text`` of one ``json.dumps(row)`` line per row (JSON Lines)."""
+    import json
+
+    return write_text(path, "".join(json.dumps(row, default=default) + "\n" for row in rows))
 
 
 def read_json_or_none(path: Path) -> dict | None:

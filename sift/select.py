@@ -217,8 +217,6 @@ def _as_tensor(value: Any, name: str) -> "torch.Tensor":
 
 def _split_first(value: Any, name: str, array_ndims: tuple[int, ...]) -> list[Any]:
     """A batch given as one array → list of its first-axis slices; a list stays a list."""
-    import torch
-
     if isinstance(value, (list, tuple)):
         return list(value)
     t = _as_tensor(value, name)
@@ -246,8 +244,6 @@ def _queries_list(values: list[Any], name: str) -> list["torch.Tensor"]:
 
 
 def _candidates_list(values: list[Any], name: str) -> list["torch.Tensor"]:
-    import torch
-
     out = []
     for p, value in enumerate(values):
         label = name if len(values) == 1 and name == "candidates" else f"{name}[{p}]"

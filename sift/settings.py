@@ -19,7 +19,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sift.methods import get_method, method_names
+from sift.methods import get_method
 
 
 class SharedSettings(BaseModel):
