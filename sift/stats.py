@@ -151,6 +151,21 @@ def has_full_curve(row: dict[str, Any]) -> bool:
     return set(range(int(row.get("steps") or 0) + 1)) <= set(curve_of(row))
 
 
+def _curved_rows(results: Iterable[Any], method: str) -> list[dict[str, Any]]:
+    """``method``'s rows that have a bpb point after every step they took."""
+    return [r for r in map(as_record, results) if r["method"] == method and has_full_curve(r)]
+
+
+def _cut(rows: list[dict[str, Any]], stops: list[int]) -> dict[str, float]:
+    """What stopping each row at ``stops`` gives, against running every row to its end: steps saved
+    (fraction), mean bits per byte at the stops, and that mean's relative loss."""
+    full_steps = sum(int(r["steps"]) for r in rows)
+    full_bpb = float(np.mean([float(r["bpb_after"]) for r in rows]))
+    mean_bpb = float(np.mean([curve_of(r)[s] for r, s in zip(rows, stops)]))
+    return {"steps_saved": 1 - sum(stops) / full_steps if full_steps else 0.0, "mean_bpb_after": mean_bpb,
+            "bpb_loss_relative": mean_bpb / full_bpb - 1}
+
+
 def alpha_sweep(results: Iterable[Any], alphas: Sequence[float], method: str = "sift") -> list[dict[str, Any]]:
     """What adaptive stopping at each α would have given, read exactly off the rows' per-step curves.
 
@@ -162,37 +177,21 @@ def alpha_sweep(results: Iterable[Any], alphas: Sequence[float], method: str = "
     """
     from sift.select import stop_index
 
-    rows = [r for r in map(as_record, results) if r["method"] == method and has_full_curve(r)]
-    if not rows:
-        return []
-    full_steps = sum(int(r["steps"]) for r in rows)
-    full_bpb = float(np.mean([float(r["bpb_after"]) for r in rows]))
+    rows = _curved_rows(results, method)
     out = []
-    for alpha in [None, *alphas]:
+    for alpha in ([None, *alphas] if rows else []):
         stops = [min(stop_index(np.square(np.asarray(r["uncertainties"], dtype=np.float64)), alpha), int(r["steps"]))
                  for r in rows]
-        mean_bpb = float(np.mean([curve_of(r)[s] for r, s in zip(rows, stops)]))
-        out.append({"alpha": alpha, "n": len(rows), "mean_steps": float(np.mean(stops)),
-                    "steps_saved": 1 - sum(stops) / full_steps if full_steps else 0.0,
-                    "mean_bpb_after": mean_bpb, "bpb_loss_relative": mean_bpb / full_bpb - 1})
+        out.append({"alpha": alpha, "n": len(rows), "mean_steps": float(np.mean(stops)), **_cut(rows, stops)})
     return out
 
 
 def truncation_reference(results: Iterable[Any], method: str = "sift") -> list[dict[str, Any]]:
     """The reference adaptive stopping must beat: every prompt stops after the same number of steps s
     (no uncertainty used), read off the same curves; steps saved against bpb lost for each s."""
-    rows = [r for r in map(as_record, results) if r["method"] == method and has_full_curve(r)]
-    if not rows:
-        return []
-    full_steps = sum(int(r["steps"]) for r in rows)
-    full_bpb = float(np.mean([float(r["bpb_after"]) for r in rows]))
-    out = []
-    for stop in range(max(int(r["steps"]) for r in rows) + 1):
-        stops = [min(stop, int(r["steps"])) for r in rows]
-        mean_bpb = float(np.mean([curve_of(r)[s] for r, s in zip(rows, stops)]))
-        out.append({"stop": stop, "steps_saved": 1 - sum(stops) / full_steps if full_steps else 0.0,
-                    "mean_bpb_after": mean_bpb, "bpb_loss_relative": mean_bpb / full_bpb - 1})
-    return out
+    rows = _curved_rows(results, method)
+    longest = max((int(r["steps"]) for r in rows), default=-1)
+    return [{"stop": stop, **_cut(rows, [min(stop, int(r["steps"])) for r in rows])} for stop in range(longest + 1)]
 
 
 def step_curve(results: Iterable[Any], method: str) -> list[dict[str, float]]:
