@@ -24,7 +24,9 @@ def clean_key(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", str(key))
 
 
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
+    """``value`` as an MLflow param string: lists, tuples and dicts as JSON, anything else ``str``;
+    longer than ``MAX_PARAM_CHARS`` → cut, ending in "...(truncated)" (MLflow would refuse the whole batch)."""
     if isinstance(value, (list, tuple, dict)):
         text = json.dumps(value, default=str)
     else:
@@ -32,8 +34,9 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 15] + "...(truncated)"
 
 
-def _flatten(config: Any, prefix: str = "") -> dict[str, str]:
-    """A pydantic model or mapping → {"key" or "outer.inner": str}; lists become JSON strings."""
+def flatten_params(config: Any, prefix: str = "") -> dict[str, str]:
+    """A pydantic model or mapping → {"key" or "outer.inner": str} (keys ``clean_key``'d, values
+    ``param_value``'d: lists become JSON strings); ``ValueError`` for anything else."""
     if hasattr(config, "model_dump"):
         config = config.model_dump(mode="json")
     if not isinstance(config, Mapping):
@@ -42,8 +45,8 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, str]:
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, name + "."))
+            flat.update(flatten_params(value, name + "."))
         else:
-            flat[clean_key(name)] = _param_value(value)
+            flat[clean_key(name)] = param_value(value)
     return flat
 

@@ -17,11 +17,14 @@ Usage (flows)::
 A crash inside the ``with`` marks the parent and any open child run FAILED (KILLED on Ctrl-C or SIGTERM),
 never RUNNING. ``enabled=False`` yields a ``NullLogger`` with the same methods that records nothing.
 
-A process that dies without running Python's cleanup (SIGKILL, the OOM killer, a power cut) cannot end
-its runs. So every run carries its owner process (tags ``sift.pid``, ``sift.host``, ``sift.start``), and
-each ``tracking_run`` first marks FAILED (tag ``sift.reaped``) the RUNNING runs of its experiment whose
-owner on this host is gone (``reap_orphan_runs``). Runs owned by another host are left RUNNING: from
-here we cannot tell whether their process is alive; they are reaped by the next run on that host.
+A process that dies without running Python's cleanup (SIGKILL, the OOM killer) cannot end its runs:
+every run carries owner tags and each ``tracking_run`` first reaps its experiment's orphans
+(``tracking.reaper``).
+
+The parts live in their own modules: ``tracking.keys`` (MLflow-safe keys and param values),
+``tracking.metrics`` (what a row and a summary record), ``tracking.provenance`` (package versions, git
+commit), ``tracking.reaper`` (owner tags, orphan reaping, SIGTERM). Their public names are re-exported
+here because flows and older callers import them from ``tracking.log``.
 """
 
 from __future__ import annotations
@@ -36,29 +39,30 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from tracking._summary import summarize
-from tracking.keys import MAX_PARAM_CHARS, _flatten, _param_value, clean_key, metric_key  # noqa: F401
-from tracking.metrics import result_metrics, selection_table, summary_csv, summary_metrics  # noqa: F401
+from tracking.keys import clean_key, flatten_params, param_value
+from tracking.metrics import result_metrics, selection_table, summary_csv, summary_metrics
 from tracking.plots import (
     plot_bpb_by_method_domain,
     plot_curves,
     plot_landscape,
     plot_uncertainty_vs_bpb,
 )
-from tracking.provenance import PACKAGES, git_commit, package_versions  # noqa: F401
-from tracking.reaper import (  # noqa: F401 — re-exported: callers import these from tracking.log
+from tracking.provenance import git_commit, package_versions
+from tracking.reaper import RunTerminated, owner_tags, reap_orphan_runs, sigterm_raises
+from tracking.store import check_reachable, default_tracking_uri, get_or_create_experiment
+
+# Re-exported: these lived here before the split, and callers (flows, other branches) import them from here.
+from tracking.keys import MAX_PARAM_CHARS, metric_key  # noqa: E402,F401
+from tracking.provenance import PACKAGES  # noqa: E402,F401
+from tracking.reaper import (  # noqa: E402,F401
     OWNER_HOST,
     OWNER_PID,
     OWNER_START,
     REAPED,
     REAPED_REASON,
-    RunTerminated,
     owner_alive,
-    owner_tags,
     process_start,
-    reap_orphan_runs,
-    sigterm_raises,
 )
-from tracking.store import check_reachable, default_tracking_uri, get_or_create_experiment
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +133,7 @@ class MlflowLogger:
         value it is a ``ValueError`` (MLflow params are immutable)."""
         from mlflow.entities import Param
 
-        flat = {clean_key(k): _param_value(v) for k, v in params.items()}
+        flat = {clean_key(k): param_value(v) for k, v in params.items()}
         with self._lock:
             self._check_open()
             for key, value in flat.items():
@@ -211,7 +215,7 @@ class MlflowLogger:
                 child_id,
                 metrics=[Metric(clean_key(k), float(v), now, 0) for k, v in (metrics or {}).items()
                          if v is not None and math.isfinite(float(v))],
-                params=[Param(clean_key(k), _param_value(v)) for k, v in (params or {}).items()],
+                params=[Param(clean_key(k), param_value(v)) for k, v in (params or {}).items()],
             )
         return child_id
 
@@ -283,8 +287,8 @@ class MlflowLogger:
 def run_params(config: Any = None, params: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The parent run's params: the flattened config, the caller's extras (fingerprints, model and
     embedder ids), package versions and ``git_commit``/``git_dirty`` when running from a checkout."""
-    out = _flatten(config) if config is not None else {}
-    out.update({clean_key(k): _param_value(v) for k, v in (params or {}).items()})
+    out = flatten_params(config) if config is not None else {}
+    out.update({clean_key(k): param_value(v) for k, v in (params or {}).items()})
     out.update(package_versions())
     commit = git_commit()
     if commit is not None:

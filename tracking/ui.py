@@ -97,12 +97,12 @@ def stop_server(process: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def reap_store(tracking_uri: str) -> list[str]:
     """Mark FAILED the RUNNING runs, in every experiment of the store, whose owner process on this host
-    is gone (``tracking.log.reap_orphan_runs``), so the UI does not show dead flows as running.
+    is gone (``tracking.reaper.reap_orphan_runs``), so the UI does not show dead flows as running.
     Returns their ids; a failure is printed as a warning and never stops the UI."""
     try:
         from mlflow import MlflowClient
 
-        from tracking.log import reap_orphan_runs
+        from tracking.reaper import reap_orphan_runs
 
         client = MlflowClient(tracking_uri=tracking_uri)
         experiment_ids = [e.experiment_id for e in client.search_experiments(max_results=50000)]
