@@ -39,21 +39,24 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from tracking._summary import summarize
+from tracking.inputs import DataInput, log_data_inputs
 from tracking.keys import clean_key, flatten_params, param_value
 from tracking.metrics import result_metrics, selection_table, summary_csv, summary_metrics
+from tracking.naming import UI_COLUMNS_TAG, parent_run_name, result_description, ui_columns
 from tracking.plots import (
     plot_bpb_by_method_domain,
     plot_curves,
     plot_landscape,
     plot_uncertainty_vs_bpb,
 )
-from tracking.provenance import git_commit, package_versions
+from tracking.provenance import run_params, user_name
 from tracking.reaper import RunTerminated, owner_tags, reap_orphan_runs, sigterm_raises
 from tracking.store import check_reachable, default_tracking_uri, get_or_create_experiment
+from tracking.system_metrics import start_system_metrics, stop_system_metrics
 
 # Re-exported: these lived here before the split, and callers (flows, other branches) import them from here.
 from tracking.keys import MAX_PARAM_CHARS, metric_key  # noqa: E402,F401
-from tracking.provenance import PACKAGES  # noqa: E402,F401
+from tracking.provenance import PACKAGES, git_commit, package_versions  # noqa: E402,F401
 from tracking.reaper import (  # noqa: E402,F401
     OWNER_HOST,
     OWNER_PID,
@@ -123,6 +126,8 @@ class MlflowLogger:
         self._params: dict[str, str] = {}
         self._open_children: set[str] = set()
         self._closed = False
+        self._columns: list[str] = []  # metric keys listed in the experiment's UI_COLUMNS_TAG by this run
+        self._monitor: Any | None = None  # the system-metrics sampler (tracking.system_metrics), if any
 
     def _check_open(self) -> None:
         if self._closed:
@@ -155,15 +160,39 @@ class MlflowLogger:
             self._check_open()
             if batch:
                 self.client.log_batch(self.run_id, metrics=batch)
+                self._show_as_columns([m.key for m in batch])
+
+    def _show_as_columns(self, keys: Sequence[str]) -> None:
+        """Add the comparison metrics among ``keys`` (``naming.ui_columns``) to the experiment's
+        ``UI_COLUMNS_TAG``, merged with what other runs listed there, so the UI shows them as columns."""
+        new = [k for k in ui_columns(keys) if k not in self._columns]
+        if not new:
+            return
+        self._columns += new
+        try:
+            current = self.client.get_experiment(self.experiment_id).tags.get(UI_COLUMNS_TAG)
+            listed = json.loads(current) if current else []
+        except (ValueError, TypeError):
+            listed = []  # a hand-edited tag that is not JSON: rewrite it
+        merged = ui_columns([*(listed if isinstance(listed, list) else []), *self._columns])
+        if merged != listed:
+            self.client.set_experiment_tag(self.experiment_id, UI_COLUMNS_TAG, json.dumps(merged))
 
     @contextlib.contextmanager
-    def _child(self, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
-        """A child run that ends FINISHED, FAILED if logging into it raises, KILLED on Ctrl-C/SIGTERM."""
+    def _child(self, run_name: str, tags: Mapping[str, str], seconds: float | None = None) -> Iterator[str]:
+        """A child run that ends FINISHED, FAILED if logging into it raises, KILLED on Ctrl-C/SIGTERM.
+
+        ``seconds``: the compute the child stands for, which happened before it is logged; its start
+        time is set that far back so MLflow's Duration column shows the compute, not the milliseconds
+        the logging takes."""
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+        start = None
+        if seconds is not None and math.isfinite(seconds) and seconds > 0:
+            start = int((time.time() - seconds) * 1000)
         with self._lock:
             self._check_open()
-            run = self.client.create_run(self.experiment_id, run_name=run_name,
+            run = self.client.create_run(self.experiment_id, run_name=run_name, start_time=start,
                                          tags={MLFLOW_PARENT_RUN_ID: self.run_id, **owner_tags(), **tags})
             child_id = run.info.run_id
             self._open_children.add(child_id)
@@ -185,7 +214,11 @@ class MlflowLogger:
 
         Params/tags: prompt_id, method, domain (tag ``skipped_reason`` when set). Metrics: ``result_metrics(row)``. Artifact:
         ``selection.json`` (``selection_table(row)`` via ``log_table``) when the method picked anything.
+        Description (top of the run's page): ``naming.result_description``. Start and end time span the
+        row's compute (``seconds_total``), so the UI's Duration is the real compute time.
         """
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
         from mlflow.entities import Metric, Param
 
         for key in ("prompt_id", "method", "domain", "bpb_before", "bpb_after"):
@@ -193,11 +226,14 @@ class MlflowLogger:
                 raise ValueError(f"result row has no {key!r}: pass PromptResult.to_json() dicts")
         ident = {"prompt_id": str(row["prompt_id"]), "method": str(row["method"]), "domain": str(row["domain"])}
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, s) for k, v, s in result_metrics(row)]
+        computed = result_metrics(row)
+        metrics = [Metric(k, v, now, s) for k, v, s in computed]
+        compute = next((v for k, v, _ in computed if k == "seconds_total"), None)
         tags = dict(ident)
+        tags[MLFLOW_RUN_NOTE] = result_description(row, compute)[:5000]
         if row.get("skipped_reason"):
             tags["skipped_reason"] = str(row["skipped_reason"])[:5000]
-        with self._child(f"{ident['prompt_id']}/{ident['method']}", tags) as child_id:
+        with self._child(f"{ident['prompt_id']}/{ident['method']}", tags, seconds=compute) as child_id:
             self.client.log_batch(child_id, metrics=metrics, params=[Param(k, v) for k, v in ident.items()])
             table = selection_table(row)
             if table["rank"]:
@@ -274,6 +310,8 @@ class MlflowLogger:
     def _finish(self, status: str, error: str | None = None) -> None:
         from mlflow.entities import RunTag
 
+        stop_system_metrics(self._monitor)  # first: its last samples belong to the RUNNING run
+        self._monitor = None
         with self._lock:
             for child_id in list(self._open_children):
                 self.client.set_terminated(child_id, "FAILED")
@@ -284,32 +322,11 @@ class MlflowLogger:
             self._closed = True
 
 
-def run_params(config: Any = None, params: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The parent run's params: the flattened config, the caller's extras (fingerprints, model and
-    embedder ids), package versions and ``git_commit``/``git_dirty`` when running from a checkout."""
-    out = flatten_params(config) if config is not None else {}
-    out.update({clean_key(k): param_value(v) for k, v in (params or {}).items()})
-    out.update(package_versions())
-    commit = git_commit()
-    if commit is not None:
-        out["git_commit"], out["git_dirty"] = commit[0], str(commit[1])
-    return out
-
-
-def _user() -> str:
-    """The login name for the run's "Created by" (MLflow's fluent API sets it; the client does not)."""
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 @contextlib.contextmanager
 def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name: str | None = None,
                  enabled: bool = True, tracking_uri: str | None = None, params: Mapping[str, Any] | None = None,
-                 tags: Mapping[str, str] | None = None,
+                 tags: Mapping[str, str] | None = None, datasets: Sequence[DataInput] | None = None,
+                 system_metrics: bool = True,
                  reachability_timeout: float = 5.0) -> Iterator[MlflowLogger | NullLogger]:
     """One parent MLflow run around a flow run; yields its logger (``NullLogger`` when ``enabled`` is false).
 
@@ -319,6 +336,14 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
     (``sigterm_raises``, main thread only) marks it KILLED, and the exception or signal propagates.
     Every run gets ``owner_tags``; before creating the parent, orphaned runs of the experiment are
     marked FAILED (``reap_orphan_runs``; a failure to reap is logged, never fatal).
+
+    ``run_name``: None or a plain flow name ("evaluate") becomes what the run compares when the config
+    has ``method`` and ``params`` has ``prompts_count`` (``naming.parent_run_name``:
+    "evaluate · nn,sift · 48 prompts"). ``datasets``: the data the run reads (``tracking.inputs``:
+    ``evaluation_inputs(manifest, index_dir, prompts)``), logged as MLflow dataset inputs whose digest
+    is their fingerprint. ``system_metrics``: sample CPU/memory/disk/network into ``system/*`` metrics
+    while the run is open, where psutil is installed (``tracking.system_metrics``); the sampler stops
+    before the run ends, whichever way it ends.
     """
     if not enabled:
         yield NullLogger()
@@ -337,15 +362,19 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
     except Exception as err:  # noqa: BLE001 — stale bookkeeping must not stop a new flow run
         log.warning("could not check experiment %s for orphaned runs: %s", experiment, err)
     all_params = run_params(config, params)
-    run_tags = {MLFLOW_SOURCE_NAME: "sift-ttft", MLFLOW_USER: _user(), **owner_tags(),
+    run_tags = {MLFLOW_SOURCE_NAME: "sift-ttft", MLFLOW_USER: user_name(), **owner_tags(),
                 **{k: str(v) for k, v in (tags or {}).items()}}
     if "git_commit" in all_params:
         run_tags[MLFLOW_GIT_COMMIT] = all_params["git_commit"]
     with sigterm_raises():
-        run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+        run = client.create_run(experiment_id, run_name=parent_run_name(run_name, config, params), tags=run_tags)
         logger = MlflowLogger(client, experiment_id, run.info.run_id, uri)
         try:
             logger.log_params(all_params)
+            if datasets:
+                log_data_inputs(client, logger.run_id, datasets)
+            if system_metrics:
+                logger._monitor = start_system_metrics(logger.run_id, uri)
             yield logger
         except KeyboardInterrupt:
             logger._finish("KILLED", "KeyboardInterrupt")
