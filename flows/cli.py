@@ -193,7 +193,7 @@ def ui(
     set_default_env()
     from tracking import ui as tracking_ui
 
-    raise typer.Exit(tracking_ui.serve(host=host, port=port))
+    tracking_ui.main(host=host, port=port)  # one-line errors (port in use, unreachable store), exit 1
 
 
 @app.command("corpus")

@@ -275,6 +275,7 @@ def evaluate(config: EvaluateConfig = EvaluateConfig()) -> dict:
 
 def evaluate_in_flow(config: EvaluateConfig) -> dict:
     """The ``evaluate`` flow's body, callable from another flow (``demo``) without a subflow."""
+    from tracking.inputs import evaluation_inputs
     from tracking.log import tracking_run
 
     prompts = limit_prompts(load_prompts(config), config.limit)
@@ -286,7 +287,7 @@ def evaluate_in_flow(config: EvaluateConfig) -> dict:
               "model_fingerprint": model_fingerprint_of(config.model)}
     warn_unmatched_doc_ids(prompts, index_dir)
     with tracking_run(config, experiment=config.experiment, run_name="evaluate", enabled=config.tracking,
-                      params=params) as tracker:
+                      params=params, datasets=evaluation_inputs(manifest, index_dir, prompts, config.prompts)) as tracker:
         rows = run_evaluation(config, prompts, tracker.log_result, stats=stats)
         summary = summarize_task(rows, tracker, config)
     if config.out is not None:

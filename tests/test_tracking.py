@@ -19,17 +19,10 @@ from conftest import make_result_rows
 from flows.config import EvaluateConfig
 from tracking import plots
 from sift.stats import summarize
-from tracking.log import (
-    NullLogger,
-    RunTerminated,
-    clean_key,
-    metric_key,
-    owner_alive,
-    owner_tags,
-    result_metrics,
-    selection_table,
-    tracking_run,
-)
+from tracking.keys import clean_key, metric_key
+from tracking.log import NullLogger, tracking_run
+from tracking.metrics import result_metrics, selection_table
+from tracking.reaper import RunTerminated, owner_alive, owner_tags
 from tracking.store import TrackingUnreachable, check_reachable, default_tracking_uri, get_or_create_experiment
 from tracking.ui import reap_store, server_command, server_env
 
@@ -453,3 +446,21 @@ def test_owner_alive_tells_live_dead_zombie_and_reused_pids():
     assert not owner_alive(zombie.pid)
     with pytest.raises(ValueError, match="pid"):
         owner_alive(0)
+
+
+def test_names_moved_out_of_tracking_log_are_still_importable_from_it():
+    """tracking/log.py was split by job; flows and other branches import these from tracking.log."""
+    import tracking.keys
+    import tracking.log
+    import tracking.metrics
+    import tracking.provenance
+    import tracking.reaper
+
+    homes = {tracking.keys: ("metric_key", "clean_key", "MAX_PARAM_CHARS"),
+             tracking.metrics: ("result_metrics", "selection_table", "summary_metrics", "summary_csv"),
+             tracking.provenance: ("package_versions", "git_commit", "PACKAGES"),
+             tracking.reaper: ("owner_tags", "owner_alive", "process_start", "reap_orphan_runs", "RunTerminated",
+                               "sigterm_raises", "OWNER_PID", "OWNER_HOST", "OWNER_START", "REAPED")}
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(tracking.log, name) is getattr(module, name), name

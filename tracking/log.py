@@ -17,33 +17,32 @@ Usage (flows)::
 A crash inside the ``with`` marks the parent and any open child run FAILED (KILLED on Ctrl-C or SIGTERM),
 never RUNNING. ``enabled=False`` yields a ``NullLogger`` with the same methods that records nothing.
 
-A process that dies without running Python's cleanup (SIGKILL, the OOM killer, a power cut) cannot end
-its runs. So every run carries its owner process (tags ``sift.pid``, ``sift.host``, ``sift.start``), and
-each ``tracking_run`` first marks FAILED (tag ``sift.reaped``) the RUNNING runs of its experiment whose
-owner on this host is gone (``reap_orphan_runs``). Runs owned by another host are left RUNNING: from
-here we cannot tell whether their process is alive; they are reaped by the next run on that host.
+A process that dies without running Python's cleanup (SIGKILL, the OOM killer) cannot end its runs:
+every run carries owner tags and each ``tracking_run`` first reaps its experiment's orphans
+(``tracking.reaper``).
+
+The parts live in their own modules: ``tracking.keys`` (MLflow-safe keys and param values),
+``tracking.metrics`` (what a row and a summary record), ``tracking.provenance`` (package versions, git
+commit), ``tracking.reaper`` (owner tags, orphan reaping, SIGTERM). Their public names are re-exported
+here because flows and older callers import them from ``tracking.log``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import math
 import logging
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
+import math
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from sift.stats import final_uncertainty, summarize, total, total_seconds
+from sift.stats import summarize
+from tracking.inputs import DataInput, log_data_inputs
+from tracking.keys import clean_key, flatten_params, param_value
+from tracking.metrics import result_metrics, selection_table, summary_csv, summary_metrics
+from tracking.naming import UI_COLUMNS_TAG, parent_run_name, result_description, ui_columns
 from tracking.plots import (
     plot_alpha_sweep,
     plot_bpb_by_method_domain,
@@ -53,337 +52,25 @@ from tracking.plots import (
     plot_step_curves,
     plot_uncertainty_vs_bpb,
 )
+from tracking.provenance import run_params, user_name
+from tracking.reaper import RunTerminated, owner_tags, reap_orphan_runs, sigterm_raises
 from tracking.store import check_reachable, default_tracking_uri, get_or_create_experiment
+from tracking.system_metrics import start_system_metrics, stop_system_metrics
 
-# Versions recorded on every parent run: what decides the numbers.
-PACKAGES = ("sift-ttft", "torch", "transformers", "datasets", "faiss-cpu", "numpy", "peft", "prefect", "mlflow",
-            "optuna")
-MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
-
-# Tags naming the process that owns a run, so a later process can tell a live run from an orphan.
-OWNER_PID, OWNER_HOST, OWNER_START, REAPED = "sift.pid", "sift.host", "sift.start", "sift.reaped"
-REAPED_REASON = "owner process gone"
-_PROC = Path("/proc")
+# Re-exported: these lived here before the split, and callers (flows, other branches) import them from here.
+from tracking.keys import MAX_PARAM_CHARS, metric_key  # noqa: E402,F401
+from tracking.provenance import PACKAGES, git_commit, package_versions  # noqa: E402,F401
+from tracking.reaper import (  # noqa: E402,F401
+    OWNER_HOST,
+    OWNER_PID,
+    OWNER_START,
+    REAPED,
+    REAPED_REASON,
+    owner_alive,
+    process_start,
+)
 
 log = logging.getLogger(__name__)
-
-
-def metric_key(*parts: Any) -> str:
-    """Join parts with "/" after replacing every character MLflow refuses in a key
-    (allowed: ``[A-Za-z0-9_-. :/]``) by "_"; "/" inside a part becomes "_" too so parts stay parts."""
-    return "/".join(re.sub(r"[^A-Za-z0-9_\-. :]", "_", str(p)) for p in parts)
-
-
-def clean_key(key: str) -> str:
-    """``key`` with every character MLflow refuses (allowed: ``[A-Za-z0-9_-. :/]``) replaced by "_"."""
-    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", str(key))
-
-
-def _param_value(value: Any) -> str:
-    if isinstance(value, (list, tuple, dict)):
-        text = json.dumps(value, default=str)
-    else:
-        text = str(value)
-    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 15] + "...(truncated)"
-
-
-def _flatten(config: Any, prefix: str = "") -> dict[str, str]:
-    """A pydantic model or mapping → {"key" or "outer.inner": str}; lists become JSON strings."""
-    if hasattr(config, "model_dump"):
-        config = config.model_dump(mode="json")
-    if not isinstance(config, Mapping):
-        raise ValueError(f"config must be a pydantic model or a mapping, got {type(config).__name__}")
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[clean_key(name)] = _param_value(value)
-    return flat
-
-
-def package_versions() -> dict[str, str]:
-    """``version.<package>`` → installed version ("missing" when not installed) plus ``version.python``."""
-    out = {"version.python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            out[f"version.{name}"] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[f"version.{name}"] = "missing"
-    return out
-
-
-def git_commit() -> tuple[str, bool] | None:
-    """(commit, dirty) of the checkout this package runs from, or None outside git (e.g. a wheel)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5)
-        if head.returncode != 0:
-            return None
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=5)
-        return head.stdout.strip(), bool(status.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def result_metrics(row: Mapping[str, Any]) -> list[tuple[str, float, int]]:
-    """The child-run metrics of one result row as (key, value, step).
-
-    ``uncertainty`` at step n = σ_n for n = 0..len(picks); ``bpb`` at step 0 (before), at every step of
-    ``bpb_curve`` and at step ``steps`` (after); scalars at step 0: bpb_before, bpb_after,
-    bpb_gain = before − after, steps, picks, repeats, unique_docs, stopped_early (0/1), uncertainty_final
-    (σ_N after the trained picks), tokens/flops (or tokens_<part> for dicts), tokens_train/tokens_eval,
-    candidate_count, eval_bytes, max_score, low_similarity when present, seconds_<phase>, and
-    seconds_total (the row's ``seconds["total"]``, else the sum of the phases).
-    """
-    out: list[tuple[str, float, int]] = []
-    for n, sigma in enumerate(row.get("uncertainties") or []):
-        out.append(("uncertainty", float(sigma), n))
-    before, after, steps = float(row["bpb_before"]), float(row["bpb_after"]), int(row.get("steps") or 0)
-    curve = {int(s): float(v) for s, v in (row.get("bpb_curve") or [])}
-    curve[0], curve[steps] = before, after  # the measured endpoints win over a curve's copies
-    out += [("bpb", v, s) for s, v in sorted(curve.items())]
-    picks = list(row.get("picked_seq_ids") or row.get("picked_ids") or [])
-    scalars: dict[str, float] = {
-        "bpb_before": before, "bpb_after": after, "bpb_gain": before - after, "steps": float(steps),
-        "picks": float(len(picks)), "repeats": float(sum(bool(x) for x in row.get("repeated") or [])),
-        "unique_docs": float(len(set(row.get("picked_ids") or []))),
-        "stopped_early": float(bool(row.get("stopped_early"))),
-    }
-    sigma_final = final_uncertainty(dict(row))
-    if sigma_final is not None:
-        scalars["uncertainty_final"] = sigma_final
-    for name in ("tokens", "flops"):
-        value = row.get(name)
-        if isinstance(value, Mapping):
-            scalars.update({metric_key(f"{name}_{k}"): float(v) for k, v in value.items() if v is not None})
-            scalars[name] = total(value)
-        elif value is not None:
-            scalars[name] = float(value)
-    # Extra numbers PromptResult carries (tokens split, candidates, evaluated bytes, similarity flag).
-    for name in ("tokens_train", "tokens_eval", "candidate_count", "eval_bytes", "max_score", "low_similarity"):
-        value = row.get(name)
-        if isinstance(value, (bool, int, float)):
-            scalars[name] = float(value)
-    seconds = row.get("seconds") or {}
-    if isinstance(seconds, Mapping):
-        scalars.update({metric_key(f"seconds_{k}"): float(v) for k, v in seconds.items() if v is not None})
-    scalars["seconds_total"] = total_seconds(seconds) if seconds else float("nan")
-    out += [(k, v, 0) for k, v in scalars.items() if math.isfinite(v)]
-    return out
-
-
-def selection_table(row: Mapping[str, Any]) -> dict[str, list]:
-    """The prompt's picks, one row per pick in order: rank (1-based), seq_id, corpus_id (document id),
-    domain, score (retrieval similarity), repeated (picked before), uncertainty_after (σ after this pick),
-    trained (rank ≤ steps: adaptive stopping may leave the tail untrained)."""
-    seq_ids = list(row.get("picked_seq_ids") or [])
-    doc_ids = list(row.get("picked_ids") or [])
-    count = max(len(seq_ids), len(doc_ids))
-    sigmas = list(row.get("uncertainties") or [])
-    steps = int(row.get("steps") or 0)
-
-    def column(name: str) -> list:
-        values = list(row.get(name) or [])
-        return values + [None] * (count - len(values))
-
-    return {
-        "rank": list(range(1, count + 1)),
-        "seq_id": (seq_ids + [None] * count)[:count],
-        "corpus_id": (doc_ids + [None] * count)[:count],
-        "domain": column("picked_domains")[:count],
-        "score": column("picked_scores")[:count],
-        "repeated": [bool(x) if x is not None else None for x in column("repeated")[:count]],
-        "uncertainty_after": [sigmas[i + 1] if i + 1 < len(sigmas) else None for i in range(count)],
-        "trained": [i < steps for i in range(count)],
-    }
-
-
-def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """Parent-run metrics from ``sift.stats.summarize``: ``<method>/<stat>`` over all prompts,
-    ``<method>/<domain>/<stat>`` per domain, ``paired/<method>-vs-<reference>/{mean,ci_low,ci_high,wins}``
-    (bits per byte after, method − reference, 95 % bootstrap interval over prompts).
-    Non-finite values (e.g. ρ of < 3 points) are left out."""
-    stats = ("count", "bpb_before", "bpb_before_lo", "bpb_before_hi", "bpb_after", "bpb_after_lo", "bpb_after_hi",
-             "bpb_gain", "bpb_gain_lo", "bpb_gain_hi", "steps", "tokens", "flops", "seconds_total",
-             "uncertainty_final", "stopped_early", "spearman_sigma_bpb_after", "spearman_sigma_gain",
-             "unique_sequences")
-    out: dict[str, float] = {}
-    for g in summary["groups"]:
-        prefix = (g["method"],) if g["domain"] == "all" else (g["method"], g["domain"])
-        for stat in stats:
-            value = g.get(stat)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                out[metric_key(*prefix, stat)] = float(value)
-    for p in summary.get("paired", []):  # paired/<method>-vs-<reference>/{mean,ci_low,ci_high,wins}
-        for stat in ("mean", "ci_low", "ci_high", "wins"):
-            if isinstance(p.get(stat), (int, float)) and math.isfinite(p[stat]):
-                out[f"paired/{p['method']}-vs-{p['reference']}/{stat}"] = float(p[stat])
-    return out
-
-
-def summary_csv(summary: Mapping[str, Any]) -> str:
-    """The ``groups`` table of a summary as CSV text (one line per method × domain)."""
-    import csv
-
-    groups = summary["groups"]
-    fields = list(dict.fromkeys(k for g in groups for k in g))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(groups)
-    return buf.getvalue()
-
-
-def _linux_stat(pid: int) -> tuple[str, str] | None:
-    """(state, starttime) from ``/proc/<pid>/stat`` (fields 3 and 22; starttime = clock ticks after
-    boot), or None when the process is gone or this is not Linux."""
-    try:
-        text = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name (field 2) may hold spaces and ")"
-    return fields[0], fields[19]
-
-
-def _boot_id() -> str:
-    """This boot's id: PIDs and start ticks restart at every boot, so a start time names a process
-    only together with the boot it belongs to."""
-    try:
-        return (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
-    except OSError:
-        return "unknown-boot"
-
-
-def process_start(pid: int) -> str | None:
-    """``"<boot id>:<start ticks>"`` of a live process on Linux, None elsewhere or when it is gone.
-
-    Two processes with the same PID (the kernel reuses them) have different start values, so
-    (pid, start) names one process for the life of the machine.
-    """
-    stat = _linux_stat(pid)
-    return None if stat is None else f"{_boot_id()}:{stat[1]}"
-
-
-def owner_tags() -> dict[str, str]:
-    """The tags that name this process as a run's owner: ``sift.pid``, ``sift.host`` and, on Linux,
-    ``sift.start`` (``process_start``; without it only "is the PID alive" can be checked)."""
-    tags = {OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
-    start = process_start(os.getpid())
-    if start is not None:
-        tags[OWNER_START] = start
-    return tags
-
-
-def owner_alive(pid: int, start: str | None = None) -> bool:
-    """Whether process ``pid`` on this host still runs and is the one that started at ``start``.
-
-    Dead: no such PID; a zombie (it has exited and will never write again); or, when ``start`` is given
-    and ``/proc`` can say, a different start time (the PID was reused). Without ``/proc`` (not Linux),
-    a live PID counts as alive. A PID owned by another user (``PermissionError``) still exists.
-    """
-    if pid <= 0:
-        raise ValueError(f"pid must be > 0, got {pid}")  # os.kill(0, …) would address our process group
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if not (_PROC / "self" / "stat").exists():
-        return True
-    stat = _linux_stat(pid)
-    if stat is None or stat[0] in ("Z", "X"):
-        return False
-    return not start or f"{_boot_id()}:{stat[1]}" == start
-
-
-def _orphaned(tags: Mapping[str, str], host: str) -> bool:
-    """True when the run's owner tags name a process on ``host`` that is gone; runs without owner tags
-    (made by other tools) and runs of other hosts are never orphans here."""
-    if tags.get(OWNER_HOST) != host:
-        return False
-    try:
-        pid = int(tags.get(OWNER_PID, ""))
-    except ValueError:
-        return False
-    return pid > 0 and not owner_alive(pid, tags.get(OWNER_START))
-
-
-def reap_orphan_runs(client: Any, experiment_ids: Sequence[str]) -> list[str]:
-    """Mark FAILED, with tag ``sift.reaped=owner process gone``, every RUNNING run of the experiments
-    whose owner (``owner_tags``) ran on this host and is no longer alive; return their run ids.
-
-    Why: a SIGKILL'd flow never runs its ``finally``, so its parent and child runs would otherwise
-    stay RUNNING forever. Runs owned by other hosts are left alone (their processes cannot be seen
-    from here). Costs one ``search_runs`` per page of RUNNING runs.
-    """
-    if not experiment_ids:
-        return []
-    host = socket.gethostname()
-    reaped: list[str] = []
-    token = None
-    while True:
-        page = client.search_runs(list(experiment_ids), filter_string="attributes.status = 'RUNNING'",
-                                  max_results=1000, page_token=token)
-        for run in page:
-            if _orphaned(run.data.tags, host):
-                client.set_tag(run.info.run_id, REAPED, REAPED_REASON)
-                client.set_terminated(run.info.run_id, "FAILED")
-                reaped.append(run.info.run_id)
-        token = page.token
-        if not token:
-            return reaped
-
-
-class RunTerminated(BaseException):
-    """SIGTERM arrived while a ``tracking_run`` was open. A ``BaseException`` (like ``KeyboardInterrupt``)
-    so that ``except Exception`` in flow code does not swallow a request to stop."""
-
-    def __init__(self, signum: int = signal.SIGTERM):
-        super().__init__(f"received {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """While open (in the main thread), SIGTERM raises ``RunTerminated`` instead of ending the process
-    on the spot, so ``tracking_run`` can mark its runs KILLED. On leaving, the previous handler is
-    restored; if ``RunTerminated`` leaves the block, the signal is passed on to that handler (the
-    default one then ends the process with SIGTERM as if we had never been there; Prefect's raises its
-    own ``TerminationSignal``). Elsewhere than the main thread, or when SIGTERM is ignored or handled
-    outside Python, this does nothing: signal handlers can only be set in the main thread.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous in (signal.SIG_IGN, None):
-        yield
-        return
-    armed = [True]
-
-    def raise_terminated(signum: int, frame: Any) -> None:
-        # One exception only: a second SIGTERM while the runs are being marked must not cut that short.
-        if armed[0]:
-            armed[0] = False
-            raise RunTerminated(signum)
-
-    signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        yield
-    except RunTerminated as err:
-        signal.signal(signal.SIGTERM, previous)
-        if previous is signal.SIG_DFL:
-            os.kill(os.getpid(), err.signum)  # dies here, with the exit status a SIGTERM gives
-        elif callable(previous):
-            previous(err.signum, None)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class NullLogger:
@@ -442,6 +129,8 @@ class MlflowLogger:
         self._params: dict[str, str] = {}
         self._open_children: set[str] = set()
         self._closed = False
+        self._columns: list[str] = []  # metric keys listed in the experiment's UI_COLUMNS_TAG by this run
+        self._monitor: Any | None = None  # the system-metrics sampler (tracking.system_metrics), if any
 
     def _check_open(self) -> None:
         if self._closed:
@@ -452,7 +141,7 @@ class MlflowLogger:
         value it is a ``ValueError`` (MLflow params are immutable)."""
         from mlflow.entities import Param
 
-        flat = {clean_key(k): _param_value(v) for k, v in params.items()}
+        flat = {clean_key(k): param_value(v) for k, v in params.items()}
         with self._lock:
             self._check_open()
             for key, value in flat.items():
@@ -474,15 +163,39 @@ class MlflowLogger:
             self._check_open()
             if batch:
                 self.client.log_batch(self.run_id, metrics=batch)
+                self._show_as_columns([m.key for m in batch])
+
+    def _show_as_columns(self, keys: Sequence[str]) -> None:
+        """Add the comparison metrics among ``keys`` (``naming.ui_columns``) to the experiment's
+        ``UI_COLUMNS_TAG``, merged with what other runs listed there, so the UI shows them as columns."""
+        new = [k for k in ui_columns(keys) if k not in self._columns]
+        if not new:
+            return
+        self._columns += new
+        try:
+            current = self.client.get_experiment(self.experiment_id).tags.get(UI_COLUMNS_TAG)
+            listed = json.loads(current) if current else []
+        except (ValueError, TypeError):
+            listed = []  # a hand-edited tag that is not JSON: rewrite it
+        merged = ui_columns([*(listed if isinstance(listed, list) else []), *self._columns])
+        if merged != listed:
+            self.client.set_experiment_tag(self.experiment_id, UI_COLUMNS_TAG, json.dumps(merged))
 
     @contextlib.contextmanager
-    def _child(self, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
-        """A child run that ends FINISHED, FAILED if logging into it raises, KILLED on Ctrl-C/SIGTERM."""
+    def _child(self, run_name: str, tags: Mapping[str, str], seconds: float | None = None) -> Iterator[str]:
+        """A child run that ends FINISHED, FAILED if logging into it raises, KILLED on Ctrl-C/SIGTERM.
+
+        ``seconds``: the compute the child stands for, which happened before it is logged; its start
+        time is set that far back so MLflow's Duration column shows the compute, not the milliseconds
+        the logging takes."""
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+        start = None
+        if seconds is not None and math.isfinite(seconds) and seconds > 0:
+            start = int((time.time() - seconds) * 1000)
         with self._lock:
             self._check_open()
-            run = self.client.create_run(self.experiment_id, run_name=run_name,
+            run = self.client.create_run(self.experiment_id, run_name=run_name, start_time=start,
                                          tags={MLFLOW_PARENT_RUN_ID: self.run_id, **owner_tags(), **tags})
             child_id = run.info.run_id
             self._open_children.add(child_id)
@@ -504,7 +217,11 @@ class MlflowLogger:
 
         Params/tags: prompt_id, method, domain (tag ``skipped_reason`` when set). Metrics: ``result_metrics(row)``. Artifact:
         ``selection.json`` (``selection_table(row)`` via ``log_table``) when the method picked anything.
+        Description (top of the run's page): ``naming.result_description``. Start and end time span the
+        row's compute (``seconds_total``), so the UI's Duration is the real compute time.
         """
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
         from mlflow.entities import Metric, Param
 
         for key in ("prompt_id", "method", "domain", "bpb_before", "bpb_after"):
@@ -512,11 +229,14 @@ class MlflowLogger:
                 raise ValueError(f"result row has no {key!r}: pass PromptResult.to_json() dicts")
         ident = {"prompt_id": str(row["prompt_id"]), "method": str(row["method"]), "domain": str(row["domain"])}
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, s) for k, v, s in result_metrics(row)]
+        computed = result_metrics(row)
+        metrics = [Metric(k, v, now, s) for k, v, s in computed]
+        compute = next((v for k, v, _ in computed if k == "seconds_total"), None)
         tags = dict(ident)
+        tags[MLFLOW_RUN_NOTE] = result_description(row, compute)[:5000]
         if row.get("skipped_reason"):
             tags["skipped_reason"] = str(row["skipped_reason"])[:5000]
-        with self._child(f"{ident['prompt_id']}/{ident['method']}", tags) as child_id:
+        with self._child(f"{ident['prompt_id']}/{ident['method']}", tags, seconds=compute) as child_id:
             self.client.log_batch(child_id, metrics=metrics, params=[Param(k, v) for k, v in ident.items()])
             table = selection_table(row)
             if table["rank"]:
@@ -534,7 +254,7 @@ class MlflowLogger:
                 child_id,
                 metrics=[Metric(clean_key(k), float(v), now, 0) for k, v in (metrics or {}).items()
                          if v is not None and math.isfinite(float(v))],
-                params=[Param(clean_key(k), _param_value(v)) for k, v in (params or {}).items()],
+                params=[Param(clean_key(k), param_value(v)) for k, v in (params or {}).items()],
             )
         return child_id
 
@@ -601,6 +321,8 @@ class MlflowLogger:
     def _finish(self, status: str, error: str | None = None) -> None:
         from mlflow.entities import RunTag
 
+        stop_system_metrics(self._monitor)  # first: its last samples belong to the RUNNING run
+        self._monitor = None
         with self._lock:
             for child_id in list(self._open_children):
                 self.client.set_terminated(child_id, "FAILED")
@@ -611,32 +333,11 @@ class MlflowLogger:
             self._closed = True
 
 
-def run_params(config: Any = None, params: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The parent run's params: the flattened config, the caller's extras (fingerprints, model and
-    embedder ids), package versions and ``git_commit``/``git_dirty`` when running from a checkout."""
-    out = _flatten(config) if config is not None else {}
-    out.update({clean_key(k): _param_value(v) for k, v in (params or {}).items()})
-    out.update(package_versions())
-    commit = git_commit()
-    if commit is not None:
-        out["git_commit"], out["git_dirty"] = commit[0], str(commit[1])
-    return out
-
-
-def _user() -> str:
-    """The login name for the run's "Created by" (MLflow's fluent API sets it; the client does not)."""
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 @contextlib.contextmanager
 def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name: str | None = None,
                  enabled: bool = True, tracking_uri: str | None = None, params: Mapping[str, Any] | None = None,
-                 tags: Mapping[str, str] | None = None,
+                 tags: Mapping[str, str] | None = None, datasets: Sequence[DataInput] | None = None,
+                 system_metrics: bool = True,
                  reachability_timeout: float = 5.0) -> Iterator[MlflowLogger | NullLogger]:
     """One parent MLflow run around a flow run; yields its logger (``NullLogger`` when ``enabled`` is false).
 
@@ -646,6 +347,14 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
     (``sigterm_raises``, main thread only) marks it KILLED, and the exception or signal propagates.
     Every run gets ``owner_tags``; before creating the parent, orphaned runs of the experiment are
     marked FAILED (``reap_orphan_runs``; a failure to reap is logged, never fatal).
+
+    ``run_name``: None or a plain flow name ("evaluate") becomes what the run compares when the config
+    has ``method`` and ``params`` has ``prompts_count`` (``naming.parent_run_name``:
+    "evaluate · nn,sift · 48 prompts"). ``datasets``: the data the run reads (``tracking.inputs``:
+    ``evaluation_inputs(manifest, index_dir, prompts)``), logged as MLflow dataset inputs whose digest
+    is their fingerprint. ``system_metrics``: sample CPU/memory/disk/network into ``system/*`` metrics
+    while the run is open, where psutil is installed (``tracking.system_metrics``); the sampler stops
+    before the run ends, whichever way it ends.
     """
     if not enabled:
         yield NullLogger()
@@ -664,15 +373,19 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
     except Exception as err:  # noqa: BLE001 — stale bookkeeping must not stop a new flow run
         log.warning("could not check experiment %s for orphaned runs: %s", experiment, err)
     all_params = run_params(config, params)
-    run_tags = {MLFLOW_SOURCE_NAME: "sift-ttft", MLFLOW_USER: _user(), **owner_tags(),
+    run_tags = {MLFLOW_SOURCE_NAME: "sift-ttft", MLFLOW_USER: user_name(), **owner_tags(),
                 **{k: str(v) for k, v in (tags or {}).items()}}
     if "git_commit" in all_params:
         run_tags[MLFLOW_GIT_COMMIT] = all_params["git_commit"]
     with sigterm_raises():
-        run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+        run = client.create_run(experiment_id, run_name=parent_run_name(run_name, config, params), tags=run_tags)
         logger = MlflowLogger(client, experiment_id, run.info.run_id, uri)
         try:
             logger.log_params(all_params)
+            if datasets:
+                log_data_inputs(client, logger.run_id, datasets)
+            if system_metrics:
+                logger._monitor = start_system_metrics(logger.run_id, uri)
             yield logger
         except KeyboardInterrupt:
             logger._finish("KILLED", "KeyboardInterrupt")

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from tracking.log import owner_tags
+from tracking.reaper import owner_tags
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class MLflowTrialLogger:
     params = the trial's sampled parameters; metrics = ``objective`` (or ``objective_0..`` for
     several objectives; complete trials only), ``running_objective`` at step i for every ``trial.report(value, i)``, and
     every finite numeric user attribute; params also get the non-numeric user attributes; tags
-    ``optuna.study``, ``optuna.trial``, ``optuna.state`` and the owner tags of ``tracking.log``. Status: COMPLETE → FINISHED,
+    ``optuna.study``, ``optuna.trial``, ``optuna.state`` and the owner tags of ``tracking.reaper``. Status: COMPLETE → FINISHED,
     PRUNED → KILLED, FAIL → FAILED. Start/end times are the trial's own.
 
     A tracking error is logged as a warning and swallowed: losing one trial's MLflow record must

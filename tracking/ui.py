@@ -2,21 +2,35 @@
 
 Runs ``mlflow server`` bound to loopback with one worker and MLflow's job runner off (it would spawn
 a runner with several consumers that nothing here uses), on the same database and artifact folder
-that the flows write to.
+that the flows write to. The app it serves is ``tracking.ui_app`` (MLflow's app, opening on the
+model-training view with our metric columns), plugged in through MLflow's documented hook: an
+``mlflow.app`` entry point, named by ``--app-name``. The entry point is declared by a two-file package
+description in ``<state>/mlflow/ui-app`` that only the server's ``PYTHONPATH`` sees, so nothing is
+installed into the environment.
+
+Stopping ``sift-ttft ui`` (Ctrl-C, SIGTERM, the terminal closing) stops the server's whole process
+group; a port already in use is refused in one line before anything starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any, Iterator
 
-from tracking.store import artifact_root, check_reachable, default_tracking_uri, is_remote
+from tracking.store import artifact_root, check_reachable, default_tracking_uri, is_remote, mlflow_dir
+
+APP_NAME = "sift-ttft"  # the mlflow.app entry point naming tracking.ui_app:app
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def server_command(host: str = "127.0.0.1", port: int = 5000, tracking_uri: str | None = None,
@@ -30,15 +44,40 @@ def server_command(host: str = "127.0.0.1", port: int = 5000, tracking_uri: str 
         raise ValueError(f"port must be in 1..65535, got {port}")
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
             "--artifacts-destination", str(artifacts or artifact_root()),
-            "--host", host, "--port", str(int(port)), "--workers", "1"]
+            "--host", host, "--port", str(int(port)), "--workers", "1", "--app-name", APP_NAME]
 
 
-def server_env() -> dict[str, str]:
-    """The server's environment: ours plus job execution and telemetry off."""
+def app_plugin_dir() -> Path:
+    """``<state>/mlflow/ui-app``: a package description (``*.dist-info``) declaring the ``mlflow.app``
+    entry point ``sift-ttft = tracking.ui_app:app``, (re)written when missing or different. On the
+    server's ``PYTHONPATH`` only (``server_env``): MLflow finds apps through installed entry points."""
+    folder = mlflow_dir() / "ui-app"
+    info = folder / "sift_ttft_ui-1.0.dist-info"
+    files = {"METADATA": "Metadata-Version: 2.1\nName: sift-ttft-ui\nVersion: 1.0\n",
+             "entry_points.txt": f"[mlflow.app]\n{APP_NAME} = tracking.ui_app:app\n"}
+    info.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = info / name
+        if not path.is_file() or path.read_text() != text:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+    return folder
+
+
+def server_env(tracking_uri: str | None = None) -> dict[str, str]:
+    """The server's environment: ours plus job execution and telemetry off, and on ``PYTHONPATH`` the
+    ``app_plugin_dir`` and this checkout (so the server imports the same ``tracking`` as we do).
+    ``SIFT_UI_TRACKING_URI`` tells ``tracking.ui_app`` which store's column tags to read."""
+    from tracking.ui_app import TRACKING_URI_ENV
+
     env = dict(os.environ)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     env.setdefault("DO_NOT_TRACK", "true")
+    paths = [str(app_plugin_dir()), str(_PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env[TRACKING_URI_ENV] = tracking_uri or default_tracking_uri()
     return env
 
 
@@ -73,16 +112,15 @@ def start_server(host: str = "127.0.0.1", port: int = 5000, tracking_uri: str | 
     if port_in_use(host, port):
         raise ValueError(f"port {port} on {host} is already in use: pass another --port")
     cmd = server_command(host, port, uri, artifacts)
+    env = server_env(uri)
     if not log_file:
-        return subprocess.Popen(cmd, env=server_env(), start_new_session=True)
+        return subprocess.Popen(cmd, env=env, start_new_session=True)
     with open(log_file, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, env=server_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop_server(process: subprocess.Popen, timeout: float = 10.0) -> None:
     """Terminate the server's process group (SIGTERM, then SIGKILL after ``timeout`` seconds)."""
-    import signal
-
     if process.poll() is not None:
         return
     try:
@@ -97,12 +135,12 @@ def stop_server(process: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def reap_store(tracking_uri: str) -> list[str]:
     """Mark FAILED the RUNNING runs, in every experiment of the store, whose owner process on this host
-    is gone (``tracking.log.reap_orphan_runs``), so the UI does not show dead flows as running.
+    is gone (``tracking.reaper.reap_orphan_runs``), so the UI does not show dead flows as running.
     Returns their ids; a failure is printed as a warning and never stops the UI."""
     try:
         from mlflow import MlflowClient
 
-        from tracking.log import reap_orphan_runs
+        from tracking.reaper import reap_orphan_runs
 
         client = MlflowClient(tracking_uri=tracking_uri)
         experiment_ids = [e.experiment_id for e in client.search_experiments(max_results=50000)]
@@ -115,26 +153,59 @@ def reap_store(tracking_uri: str) -> list[str]:
     return reaped
 
 
-def serve(host: str = "127.0.0.1", port: int = 5000, tracking_uri: str | None = None) -> int:
-    """Run the MLflow UI in the foreground until Ctrl-C; print its URL once it is up; return the exit code.
+class _StopRequested(Exception):
+    """SIGTERM or SIGHUP arrived while ``serve`` ran: stop the server and return."""
 
-    This is what ``sift-ttft ui`` calls. First ``reap_store`` ends runs whose process died (SIGKILL).
-    Bind to another host only on purpose: the UI has no login.
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """While open (main thread only), SIGTERM and SIGHUP raise ``_StopRequested``, so ``serve``'s
+    ``finally`` stops the server instead of the process dying on the spot and leaving its server (in
+    its own session, so no signal reaches it) running. The previous handlers come back on leaving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _StopRequested(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def serve(host: str = "127.0.0.1", port: int = 5000, tracking_uri: str | None = None) -> int:
+    """Run the MLflow UI in the foreground until Ctrl-C or SIGTERM; print its URL once it is up; return
+    the exit code (0 when stopped on request, else the server's).
+
+    This is what ``sift-ttft ui`` calls. A port already in use is refused (``ValueError``) before any
+    other work; then ``reap_store`` ends runs whose process died (SIGKILL). However ``serve`` ends, the
+    server's whole process group is stopped. Bind to another host only on purpose: the UI has no login.
     """
     url = f"http://{host}:{port}"
     uri = check_reachable(tracking_uri or default_tracking_uri())
-    if not is_remote(uri):  # a server URI is refused by start_server: say so before any slower work
-        reap_store(uri)
-    process = start_server(host, port, tracking_uri)
-    try:
-        print(f"Starting MLflow UI on {url} (store: {tracking_uri or default_tracking_uri()}) ...", flush=True)
-        wait_healthy(url, timeout=120, process=process)
-        print(f"MLflow UI: {url}   (Ctrl-C to stop)", flush=True)
-        return process.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        stop_server(process)
+    if is_remote(uri):
+        server_command(host, port, uri)  # raises: a server URI needs a browser, not a second server
+    if port_in_use(host, port):
+        raise ValueError(f"port {port} on {host} is already in use: pass another --port")
+    reap_store(uri)
+    with _stop_on_signals():
+        try:
+            process = start_server(host, port, uri)
+        except (KeyboardInterrupt, _StopRequested):
+            return 0
+        try:
+            print(f"Starting MLflow UI on {url} (store: {uri}) ...", flush=True)
+            wait_healthy(url, timeout=120, process=process)
+            print(f"MLflow UI: {url}   (Ctrl-C to stop)", flush=True)
+            return process.wait()
+        except (KeyboardInterrupt, _StopRequested):
+            return 0
+        finally:
+            stop_server(process)
 
 
 def main(host: str = "127.0.0.1", port: int = 5000) -> None:
