@@ -11,7 +11,7 @@ import time
 
 from flows.build_index import assemble_default_corpus_task, build_index_in_flow
 from flows.config import DemoConfig, IndexConfig
-from flows.evaluate import evaluate_in_flow, summary_table
+from flows.evaluate import comparison_lines, evaluate_in_flow, summary_table
 from flows.tasks import default_corpus_dir
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -50,6 +50,8 @@ def print_demo(result: dict) -> None:
 
     console = Console()
     console.print(summary_table(result["summary"]))
+    for line in comparison_lines(result["summary"]):
+        console.print(line)
     stats = result.get("stats") or {}
     cached = sum(v for k, v in stats.items() if k.endswith(":Cached"))
     console.print(
