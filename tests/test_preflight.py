@@ -212,6 +212,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, fresh_home, tmp_p
     assert not fresh_home.exists() or not any(fresh_home.iterdir()), sorted(p.name for p in fresh_home.iterdir())
 
 
+def test_tune_creates_no_storage_for_a_refused_input(fresh_home, tmp_path, index_dir, tiny_prompts_file):
+    """Opening an Optuna storage creates its database: that waits until every input passed."""
+    from flows.cli import app
+
+    db = tmp_path / "optuna.db"
+    result = CliRunner().invoke(app, _eval_args(index_dir, tiny_prompts_file, tmp_path / "no" / "lm", "--storage",
+                                                f"sqlite:///{db}", command="tune"))
+    assert result.exit_code == 2 and "--model" in result.output, result.output
+    assert not db.exists()
+    assert not fresh_home.exists() or not any(fresh_home.iterdir())
+
+
 def test_the_good_inputs_of_the_table_pass_the_preflight(fresh_home, index_dir, tiny_corpus_file, tiny_encoder_dir,
                                                           tiny_lm_dir, tiny_prompts_file, tmp_path):
     """The table's refusals come from the bad input, not from the fixtures: the same commands with good
