@@ -7,7 +7,8 @@ Steps and what each is cached on (content, never file names or time):
    embedder id, shard range;
 4. build + save the index, skipped when the output folder already holds an index of the same build
    key (sequences, embedder, index type).
-The output folder is checked before any work (``check_out``, also the CLI's preflight) and again
+The inputs (corpus content, embedder, model) and the output folder are checked before any work
+(``flows.preflight.preflight_index``, also the CLI's preflight); the output folder again
 once the index's identity is known, before embedding: an existing folder is replaced only when it is
 empty or an index of the same sequences and embedder, or with ``--force``; never a folder that is not
 an index, the current directory, home, the state folder or a folder holding the corpus
@@ -21,6 +22,7 @@ import json
 from pathlib import Path
 
 from flows.config import IndexConfig
+from flows.preflight import preflight_index
 from flows.tasks import (
     cached,
     chunk_corpus,
@@ -78,22 +80,6 @@ def _existing_manifest(out: Path, build_key: str) -> dict | None:
     return manifest if manifest.get("build_key") == build_key and (out / "index.faiss").is_file() else None
 
 
-def check_out(config: IndexConfig) -> None:
-    """Raise a one-line ``ValueError`` when ``config.out`` may not receive an index; cheap (reads at
-    most one manifest, loads no corpus or model), so the CLI calls it before starting the flow.
-
-    Refused: a folder that is not an index (e.g. one holding the user's files), the current directory,
-    home, the filesystem root, the state folder and any folder holding a ``config.corpus`` path (even
-    with ``force``). An existing index passes here; whether it is the same corpus and embedder is
-    checked in the flow once that is known (``sift.index.check_index_out``). No ``out``: the default
-    ``<state>/indices/<build key>`` is the program's own and always passes.
-    """
-    from sift.index import check_index_out
-
-    if config.out is not None:
-        check_index_out(config.out, force=config.force, protect=config.corpus)
-
-
 @flow(name="build_index", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def build_index(config: IndexConfig = IndexConfig()) -> dict:
     """Build (or reuse) the index of ``config.corpus`` (empty: the embedded default corpus).
@@ -115,7 +101,7 @@ def build_index_in_flow(config: IndexConfig) -> dict:
     from sift.corpus import LoadReport, fingerprint_dataset, load_documents
     from sift.index import check_index_out
 
-    check_out(config)  # again here: deployments and the demo do not pass through the CLI's preflight
+    preflight_index(config)  # again here: deployments and the demo do not pass through the CLI's preflight
     logger = get_run_logger()
     paths = list(config.corpus)
     if not paths:

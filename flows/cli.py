@@ -29,6 +29,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from flows.config import DemoConfig, EvaluateConfig, IndexConfig, TuneConfig
+from sift.inputs import InputError
 
 app = typer.Typer(
     name="sift-ttft",
@@ -38,7 +39,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-USAGE_ERROR = 2  # what click uses for bad flags; a config that fails validation is a bad flag too
+USAGE_ERROR = 2  # what click uses for bad flags; a config that fails validation, or an input the
+# preflight refuses (flows/preflight.py: a missing path, a broken file, not a model folder), is a bad flag too
 
 
 def _option_type(annotation: Any) -> tuple[Any, bool]:
@@ -113,7 +115,8 @@ def config_command(
 
     The command validates the flags into a ``config_cls`` (one line and exit 2 when invalid), calls
     ``sift.env.set_default_env()`` (telemetry off, hub offline, state folder), then ``fn(config)``.
-    A ``ValueError``/``FileNotFoundError`` from ``fn`` becomes one ``error:`` line and exit 1.
+    An ``InputError`` from ``fn`` (its preflight refused an input) becomes one ``error:`` line and
+    exit 2; a ``ValueError``/``FileNotFoundError`` one ``error:`` line and exit 1.
     """
 
     def decorate(fn: Callable[[Any], None]) -> Callable[..., None]:
@@ -125,6 +128,9 @@ def config_command(
             set_default_env()
             try:
                 fn(config)
+            except InputError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(USAGE_ERROR) from None
             except (ValueError, FileNotFoundError) as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1) from None
@@ -148,6 +154,9 @@ def _run_flow(flow_fn, config) -> Any:
 
 @config_command(app, "demo", DemoConfig, help="The main job: default corpus → index → base/NN/SIFT on held-out prompts → MLflow → table.")
 def demo(config: DemoConfig) -> None:
+    from flows.preflight import preflight_demo
+
+    preflight_demo(config)  # every input checked before Prefect is imported (exit 2, nothing written)
     from flows.demo import demo as demo_flow
 
     _run_flow(demo_flow, config)
@@ -155,28 +164,31 @@ def demo(config: DemoConfig) -> None:
 
 @config_command(app, "index", IndexConfig, help="Build (or reuse) a Faiss index over a corpus: chunk, embed in cached shards, save.")
 def index(config: IndexConfig) -> None:
-    from flows.build_index import build_index, check_out
+    from flows.preflight import preflight_index
 
-    try:
-        check_out(config)  # a refused --out fails here, in seconds, before the flow loads anything
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(USAGE_ERROR) from None  # a bad --out is a bad flag
+    preflight_index(config)  # corpus, embedder, model, --out: in seconds, before the flow loads anything
+    from flows.build_index import build_index
+
     result = _run_flow(build_index, config)
     typer.echo(f"index: {result['path']}  ({result['count']} sequences, fingerprint {result['fingerprint']})")
 
 
 @config_command(app, "evaluate", EvaluateConfig, help="Test-time fine-tune per (prompt, method) and measure bits per byte; log to MLflow.")
 def evaluate(config: EvaluateConfig) -> None:
-    from flows.evaluate import check_inputs, print_summary
+    from flows.preflight import preflight_evaluate
+
+    preflight_evaluate(config)  # prompts, index, model: one clear line now rather than a failed flow run
+    from flows.evaluate import print_summary
     from flows.evaluate import evaluate as evaluate_flow
 
-    check_inputs(config)  # one clear line now rather than a failed flow run
     print_summary(_run_flow(evaluate_flow, config))
 
 
 @config_command(app, "tune", TuneConfig, help="Optuna study over SIFT's λ′ and α on a tuning split of the prompts.")
 def tune(config: TuneConfig) -> None:
+    from flows.preflight import preflight_tune
+
+    preflight_tune(config)  # method, storage, prompts, index, model, an existing study's definition
     from flows.tune import print_tune_summary, tune_cli
 
     print_tune_summary(tune_cli(config))

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sift.inputs import NOT_TEXT_RULE
 from sift.methods import get_method
 from sift.settings import SelectionSettings, TTFTConfig
 
@@ -35,7 +36,8 @@ class IndexConfig(RunnerConfig):
 
     corpus: list[str] = Field(
         default_factory=list,
-        description="Corpus paths (JSONL/parquet with 'text', or folders of .txt/.md/.py); empty: the embedded default.",
+        description="Corpus paths (JSONL/parquet with a 'text' field in every record, or folders of .txt/.md/.py); "
+        f"empty: the embedded default. A file that is not text is refused: {NOT_TEXT_RULE}.",
     )
     out: Optional[Path] = Field(
         None, description="Index folder; default: <state>/indices/<content key of corpus, embedder, max_tokens>."

@@ -12,6 +12,7 @@ import time
 from flows.build_index import assemble_default_corpus_task, build_index_in_flow
 from flows.config import DemoConfig, IndexConfig
 from flows.evaluate import comparison_lines, evaluate_in_flow, summary_table
+from flows.preflight import preflight_demo
 from flows.tasks import default_corpus_dir
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -22,6 +23,7 @@ def demo(config: DemoConfig = DemoConfig()) -> dict:
     """Run the demo end to end; return the evaluate result plus ``{"index", "seconds"}``."""
     from flows.runners import current_runner_matches, make_task_runner
 
+    preflight_demo(config)  # first: a deployment does not pass through the CLI
     if not current_runner_matches(config):
         return demo.with_options(task_runner=make_task_runner(config))(config=config)
     started = time.perf_counter()

@@ -12,17 +12,18 @@ summary per method and domain.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from flows.config import EvaluateConfig
+
+# Reading and checking the inputs lives in flows/preflight.py (one place for every command, without
+# Prefect); the names stay importable from here.
+from flows.preflight import limit_prompts, load_prompts, preflight_evaluate, resolve_index  # noqa: F401
 from flows.tasks import (
     cached,
-    default_corpus_dir,
-    default_index_pointer,
     finetune_task,
     load_tokenizer,
     model_fingerprint_of,
@@ -34,76 +35,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
-
-# ------------------------------------------------------------------------------------------- inputs
-
-
-def resolve_index(config: EvaluateConfig) -> Path:
-    """``config.index``, or the last index built on the default corpus (see ``build_index``)."""
-    if config.index is not None:
-        path = Path(config.index).expanduser().resolve()
-        read_manifest(path)  # a clear error now, not deep inside a task
-        return path
-    pointer = default_index_pointer()
-    if not pointer.is_file():
-        raise ValueError("no index given and none built yet: run `sift-ttft demo` or `sift-ttft index`, or pass --index")
-    return Path(json.loads(pointer.read_text())["path"])
-
-
-def load_prompts(config: EvaluateConfig) -> list[dict]:
-    """All prompts of ``config.prompts`` (default: the default corpus's held-out prompts); no limit.
-
-    Each prompt needs a non-empty ``text``; ``id`` defaults to its line number, ``domain`` to "",
-    ``doc_id`` to its id (the document excluded from its candidates).
-    """
-    path = Path(config.prompts).expanduser() if config.prompts else default_corpus_dir() / "prompts.jsonl"
-    if not path.is_file():
-        hint = "pass --prompts FILE.jsonl" if config.prompts else "run `sift-ttft corpus` or `sift-ttft demo` first"
-        raise ValueError(f"prompts file {str(path)!r} does not exist: {hint}")
-    prompts = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"prompts file {str(path)!r} line {line_no} is not JSON ({exc.msg})") from None
-        text = row.get("text") if isinstance(row, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"prompts file {str(path)!r} line {line_no}: 'text' is missing or empty")
-        pid = str(row.get("id", line_no))
-        prompts.append({"id": pid, "text": text, "domain": str(row.get("domain", "")), "doc_id": str(row.get("doc_id", pid))})
-    if not prompts:
-        raise ValueError(f"prompts file {str(path)!r} holds no prompt")
-    return prompts
-
-
-def check_inputs(config: EvaluateConfig) -> None:
-    """Fail fast, before any flow run starts, on a missing index or prompts file (``ValueError``)."""
-    load_prompts(config)
-    resolve_index(config)
-
-
-def limit_prompts(prompts: list[dict], limit: Optional[int]) -> list[dict]:
-    """The first ``limit`` prompts taken round-robin across domains in file order (all if None).
-
-    Why round-robin: prompt files are often grouped by domain; a small limit should still show
-    every domain rather than the first one only.
-    """
-    if limit is None or limit >= len(prompts):
-        return list(prompts)
-    by_domain: dict[str, list[dict]] = {}
-    for p in prompts:
-        by_domain.setdefault(p["domain"], []).append(p)
-    chosen: list[dict] = []
-    queues = list(by_domain.values())
-    while len(chosen) < limit:
-        for queue in queues:
-            if queue and len(chosen) < limit:
-                chosen.append(queue.pop(0))
-    order = {id(p): i for i, p in enumerate(prompts)}
-    return sorted(chosen, key=lambda p: order[id(p)])
-
 
 # ------------------------------------------------------------------------------------------ results
 
@@ -278,6 +209,7 @@ def evaluate_in_flow(config: EvaluateConfig) -> dict:
     from tracking.inputs import evaluation_inputs
     from tracking.log import tracking_run
 
+    preflight_evaluate(config)  # first: a deployment or the demo does not pass through the CLI
     prompts = limit_prompts(load_prompts(config), config.limit)
     index_dir = resolve_index(config)
     manifest = read_manifest(index_dir)

@@ -9,8 +9,9 @@ importable from here (``flows.tune`` is what the CLI, the Prefect deployment and
   one trial's evaluate config, the tuning/report split of the prompts;
 - ``flows.tune_tracking``: the MLflow store made ready for parallel workers and the parent run's
   summary, best point and plots;
-- here: the flow itself, its outputs on disk (``best.json``, the splits), the CLI entry with its
-  preflight checks, and the printed summary.
+- ``flows.preflight``: the checks of the input before anything runs (``preflight_tune``);
+- here: the flow itself, its outputs on disk (``best.json``, the splits), the CLI entry, and the
+  printed summary.
 
 The design choices (why one scalar objective, why a categorical "never stop", how ``--trials``
 counts with several workers) are in those modules' docstrings and ``docs/tuning.md``.
@@ -25,6 +26,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.config import TuneConfig
+from flows.preflight import preflight_tune
 from sift.atomic import write_json, write_jsonl
 from flows.objective import (
     STOPPING_CHOICES,
@@ -55,7 +57,7 @@ from flows.tune_tracking import log_tuning, prepare_tracking_store
 
 __all__ = [
     # the flow and its CLI entry (this module)
-    "tune", "tune_cli", "preflight", "print_tune_summary",
+    "tune", "tune_cli", "preflight_tune", "print_tune_summary",
     # flows.study
     "STUDY_DEFINITION_ATTR", "HEARTBEAT_SECONDS", "GRACE_SECONDS", "optuna_dir", "default_storage_url", "study_dir",
     "open_storage", "study_definition", "index_fingerprint_of", "open_study", "check_existing_study",
@@ -93,9 +95,8 @@ def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
     from tracking.log import tracking_run
     from tracking.optuna_mlflow import MLflowTrialLogger
 
+    preflight_tune(config)  # first: a deployment does not pass through the CLI
     logger = get_run_logger()
-    if config.method != ["sift"]:
-        raise ValueError(f"tune evaluates --method sift only (λ′ and α are SIFT's), got {config.method}")
     storage_url = config.storage or default_storage_url()
     storage = open_storage(storage_url)  # fail fast, before loading prompts or models
     if config.tracking:
@@ -164,7 +165,7 @@ def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# The CLI entry: preflight, run, print
+# The CLI entry: run, print (the preflight is flows.preflight.preflight_tune)
 
 
 def print_tune_summary(summary: dict[str, Any]) -> None:
@@ -190,22 +191,9 @@ def print_tune_summary(summary: dict[str, Any]) -> None:
         console.print(f"MLflow run {summary['parent_run_id']} (one child run per trial): `sift-ttft ui`.")
 
 
-def preflight(config: TuneConfig) -> None:
-    """Check the cheap things before a flow run starts, so bad input is one clear ``ValueError``.
-
-    Method, storage URL, prompts and their split, and (if the study exists) its definition; writes
-    nothing. The flow repeats these checks: it can also be started without the CLI.
-    """
-    if config.method != ["sift"]:
-        raise ValueError(f"tune evaluates --method sift only (λ′ and α are SIFT's), got {config.method}")
-    storage = open_storage(config.storage, heartbeat=False)
-    tune_prompts, _ = split_prompts(_load_prompts(config), config.tune_fraction, config.seed)
-    check_existing_study(storage, config.study, study_definition(config, tune_prompts, index_fingerprint_of(config)))
-
-
 def tune_cli(config: TuneConfig) -> dict[str, Any]:
-    """``sift-ttft tune``: check the input, then run the flow with the configured task runner."""
+    """``sift-ttft tune`` after its preflight: run the flow with the configured task runner (the flow
+    checks its input again first, ``preflight_tune``)."""
     from flows.runners import make_task_runner
 
-    preflight(config)
     return tune.with_options(task_runner=make_task_runner(config))(config=config)

@@ -151,20 +151,7 @@ def test_cli_evaluate_prints_table_writes_rows_and_logs_mlflow(fresh_state, tmp_
     assert parents[0].data.params["index_fingerprint"]
 
 
-def test_bad_inputs_say_what_to_do(fresh_state, tmp_path, tiny_index_dir, tiny_prompts_file, tiny_lm_dir):
-    from flows.cli import app
-
-    runner = CliRunner()
-    missing = runner.invoke(app, ["evaluate", "--index", str(tmp_path / "nope"), "--prompts", str(tiny_prompts_file),
-                                  "--no-tracking"])
-    assert missing.exit_code == 1 and "sift-ttft index" in missing.output
-    assert len(missing.output.strip().splitlines()) == 1, missing.output  # no flow run, no traceback
-    no_prompts = runner.invoke(app, ["evaluate", "--index", str(tiny_index_dir), "--prompts",
-                                     str(tmp_path / "none.jsonl"), "--no-tracking"])
-    assert no_prompts.exit_code == 1 and "does not exist" in no_prompts.output
-    no_default = runner.invoke(app, ["evaluate", "--prompts", str(tiny_prompts_file), "--no-tracking"])
-    assert no_default.exit_code == 1 and "sift-ttft demo" in no_default.output
-    assert "Traceback" not in no_prompts.output + no_default.output
+# Bad inputs (missing index, prompts, default index; exit 2, one line, nothing written): tests/test_preflight.py.
 
 
 def test_limit_takes_prompts_round_robin_across_domains():

@@ -116,11 +116,11 @@ def test_cli_range_error_is_one_line_exit_2():
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--storage", "not a url"], "error: storage 'not a url' cannot be opened"),
-        (["--method", "nn"], "error: tune evaluates --method sift only"),
+        (["--storage", "not a url"], "error: --storage: storage 'not a url' cannot be opened"),
+        (["--method", "nn"], "error: --method: tune evaluates --method sift only"),
     ],
 )
-def test_cli_bad_input_is_one_line_exit_1_before_any_flow_runs(flags, message, tmp_path, monkeypatch):
+def test_cli_bad_input_is_one_line_exit_2_before_any_flow_runs(flags, message, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from flows.cli import app
@@ -128,7 +128,7 @@ def test_cli_bad_input_is_one_line_exit_1_before_any_flow_runs(flags, message, t
     monkeypatch.setenv("SIFT_HOME", str(tmp_path))
     result = CliRunner().invoke(app, ["tune", *flags])
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(message), result.output
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(message), result.output
     assert not (tmp_path / "optuna").exists()  # nothing was created
 
 
