@@ -159,9 +159,12 @@ class _StopRequested(Exception):
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """While open (main thread only), SIGTERM and SIGHUP raise ``_StopRequested``, so ``serve``'s
+    """While open (main thread only), SIGTERM, SIGHUP and SIGINT raise ``_StopRequested``, so ``serve``'s
     ``finally`` stops the server instead of the process dying on the spot and leaving its server (in
-    its own session, so no signal reaches it) running. The previous handlers come back on leaving."""
+    its own session, so no signal reaches it) running. SIGINT is set here too, not left to Python's
+    KeyboardInterrupt: a process started in the background by a non-interactive shell inherits SIGINT
+    as ignored, and Python keeps it so, so Ctrl-C (or kill -INT) would do nothing. The previous handlers
+    come back on leaving."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -169,7 +172,7 @@ def _stop_on_signals() -> Iterator[None]:
     def stop(signum: int, frame: Any) -> None:
         raise _StopRequested(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
         yield
     finally:
