@@ -93,15 +93,15 @@ def test_flow_replaces_only_empty_folders_rebuilds_and_forced_foreign_indices(
 
 
 def test_flow_refuses_a_folder_of_the_users_before_loading_the_corpus(prefect_server, fresh_state, tmp_path,
-                                                                       tiny_encoder_dir, tiny_lm_dir):
-    """Deployments and the demo call the flow without the CLI's preflight: the flow checks first."""
+                                                                       tiny_corpus_file, tiny_encoder_dir, tiny_lm_dir):
+    """Deployments and the demo call the flow without the CLI's preflight: the flow checks first.
+    (A missing corpus is refused by the same preflight: tests/test_preflight.py.)"""
     from flows.build_index import build_index
 
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "notes.txt").write_text("notes\n")
-    # The corpus does not exist: the refusal must come before anything tries to read it.
-    config = tiny_index_config(tmp_path / "missing.jsonl", tiny_encoder_dir, tiny_lm_dir, victim, force=True)
+    config = tiny_index_config(tiny_corpus_file, tiny_encoder_dir, tiny_lm_dir, victim, force=True)
     with pytest.raises(ValueError, match="is not an index folder"):
         build_index(config)
     assert [p.name for p in victim.iterdir()] == ["notes.txt"]
