@@ -94,6 +94,13 @@ def content_policy(modules: tuple[str, ...], exclude: tuple[str, ...] = ()) -> C
     return TASK_SOURCE + LibrarySource(modules=tuple(modules)) + policy
 
 
+def method_modules() -> tuple[str, ...]:
+    """The modules of the registered selection methods (their rules are part of a selection's cache key)."""
+    from sift.methods import METHODS
+
+    return tuple(sorted({m.pick.__module__ for m in METHODS.values() if m.pick is not None}))
+
+
 def text_hash(*parts: Any) -> str:
     """sha256 (16 hex) of the JSON of ``parts``: the content identity of prompts and settings."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -296,8 +303,9 @@ def prompt_hash(prompt: dict) -> str:
 
 @task(
     name="select",
-    cache_policy=content_policy(("sift.pipeline", "sift.select", "sift.methods.kernel", "sift.methods.greedy",
-                                 "sift.index", "sift.embed"),
+    cache_policy=content_policy(("sift.pipeline", "sift.select", "sift.methods", "sift.methods.kernel",
+                                 "sift.methods.greedy", *method_modules(), "sift.index", "sift.search",
+                                 "sift.leakage", "sift.embed"),
                                 exclude=("prompt", "index_dir", "model")),
     persist_result=True,
     result_serializer="json",
