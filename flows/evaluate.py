@@ -183,16 +183,23 @@ def summarize_task(rows: list[dict], tracker, config: EvaluateConfig) -> dict:
     return tracker.log_summary(rows, summary)
 
 
-def warn_unmatched_doc_ids(prompts: list[dict], index_dir: Path) -> Optional[str]:
-    """One warning when prompts' doc_id (and id) name no document of the index: the id guard then
-    excludes nothing, and only the text-overlap guard (``leak_threshold``) stands between a prompt
-    and its own document. Returns the message (None when every prompt matches)."""
+def warn_prompts_found_under_other_ids(prompts: list[dict], rows: list[dict], index_dir: Path) -> Optional[str]:
+    """One warning for prompts whose doc_id (and id) name no document of the index although the corpus
+    holds their text: the text-overlap guard dropped candidates for them (``excluded_overlap``), so only
+    that guard kept their own text out of training. Held-out prompts, absent from the corpus, are the
+    normal case and are not warned about. Returns the message (None when there is nothing to say)."""
     from flows.tasks import load_corpus_index
     from sift.leakage import unmatched_doc_ids, unmatched_doc_ids_message
 
-    index = load_corpus_index(index_dir)
-    message = unmatched_doc_ids_message(unmatched_doc_ids(prompts, index.doc_ids()), total_prompts=len(prompts))
+    overlapped = {str(r["prompt_id"]) for r in rows if r.get("excluded_overlap")}
+    suspects = [p for p in prompts if str(p["id"]) in overlapped]
+    if not suspects:
+        return None
+    unmatched = unmatched_doc_ids(suspects, load_corpus_index(index_dir).doc_ids())
+    message = unmatched_doc_ids_message(unmatched, total_prompts=len(prompts))
     if message:
+        message = ("the corpus holds these prompts' text under other ids (the text-overlap guard dropped "
+                   "candidates for them): " + message)
         get_run_logger().warning(message)
     return message
 
@@ -200,7 +207,7 @@ def warn_unmatched_doc_ids(prompts: list[dict], index_dir: Path) -> Optional[str
 @flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def evaluate(config: EvaluateConfig = EvaluateConfig()) -> dict:
     """Evaluate ``config.method`` on the prompts; log to MLflow; return ``{"summary", "rows", "stats",
-    "mlflow_run_id"}`` (``rows`` also written to ``config.out`` as JSONL when set)."""
+    "mlflow_run_id", "leak_warning"}`` (``rows`` also written to ``config.out`` as JSONL when set)."""
     return evaluate_in_flow(config)
 
 
@@ -217,17 +224,18 @@ def evaluate_in_flow(config: EvaluateConfig) -> dict:
     params = {"index_fingerprint": manifest["fingerprint"], "embedder_id": manifest.get("embedder_id"),
               "index_path": str(index_dir), "prompts_count": len(prompts),
               "model_fingerprint": model_fingerprint_of(config.model)}
-    warn_unmatched_doc_ids(prompts, index_dir)
     with tracking_run(config, experiment=config.experiment, run_name="evaluate", enabled=config.tracking,
                       params=params, datasets=evaluation_inputs(manifest, index_dir, prompts, config.prompts)) as tracker:
         rows = run_evaluation(config, prompts, tracker.log_result, stats=stats)
         summary = summarize_task(rows, tracker, config)
+    leak_warning = warn_prompts_found_under_other_ids(prompts, rows, index_dir)
     if config.out is not None:
         from sift.atomic import write_jsonl
 
         write_jsonl(Path(config.out).expanduser(), rows)
     get_run_logger().info("task states: %s", dict(stats))
-    return {"summary": summary, "rows": rows, "stats": dict(stats), "mlflow_run_id": tracker.run_id}
+    return {"summary": summary, "rows": rows, "stats": dict(stats), "mlflow_run_id": tracker.run_id,
+            "leak_warning": leak_warning}
 
 
 # ----------------------------------------------------------------------------------------- output

@@ -117,3 +117,34 @@ def test_evaluate_records_the_paired_comparison_alpha_sweep_and_curves_on_the_pa
     assert [c["step"] for c in summary["step_curves"]["sift"]] == [0, 1, 2, 3]
     plots = {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/paired_vs_nn.png", "plots/alpha_sweep_sift.png", "plots/step_curves.png"} <= plots
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_evaluate_warns_about_a_prompt_whose_text_is_in_the_corpus_under_another_id(
+        fresh_state, tmp_path, tiny_corpus_file, tiny_encoder_dir, tiny_prompts_file, tiny_lm_dir):
+    """Issue 17: a prompt whose doc_id names nothing while its text sits in the corpus (folder corpora
+    name documents by path) is kept from its own text by the overlap guard, and the run says so once.
+    Held-out prompts, absent from the corpus, raise no warning."""
+    from flows.config import EvaluateConfig
+    from flows.evaluate import evaluate
+    from sift.embed import Embedder
+    from sift.index import build_index_from_corpus
+    from sift.model import load_causal_lm
+
+    # Whole documents as sequences (the shared tiny index cuts them every 8 tokens, mid-word).
+    index_dir = tmp_path / "index"
+    build_index_from_corpus([tiny_corpus_file], index_dir, load_causal_lm(tiny_lm_dir)[1], Embedder(tiny_encoder_dir),
+                            max_tokens=64, shard_dir=tmp_path / "shards", progress=False)
+    prompts = tmp_path / "prompts.jsonl"
+    own = {"id": "p-leak", "doc_id": "wiki/0.html", "domain": "wiki",
+           "text": "Paris is the capital and most populous city of France."}  # corpus document "wiki-0"
+    prompts.write_text(tiny_prompts_file.read_text() + json.dumps(own) + "\n")
+    config = EvaluateConfig(index=index_dir, prompts=prompts, model=str(tiny_lm_dir), method=["nn"], n=2, k=8,
+                            max_tokens=32, tracking=False)
+    result = evaluate(config)
+    rows = {r["prompt_id"]: r for r in result["rows"]}
+    assert rows["p-leak"]["excluded_overlap"] >= 1 and "wiki-0" not in rows["p-leak"]["picked_ids"]
+    assert result["leak_warning"] is not None and "'p-leak'" in result["leak_warning"]
+    assert "'wiki/0.html'" in result["leak_warning"] and "p-code" not in result["leak_warning"]
+    held_out = evaluate(config.model_copy(update={"prompts": tiny_prompts_file}))
+    assert held_out["leak_warning"] is None
