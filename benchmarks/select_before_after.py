@@ -4,7 +4,9 @@ Reference: ``sift/select.py`` as it was at ``--rev`` (default 1e59a2f, the last 
 registry, when the file was self-contained), loaded from git as a standalone module. Both select N = 50
 of the same K candidates (Faiss-style top-K of a perturbed row of a normalised random corpus) for the
 same prompts, interleaved; picks must be identical. Prints, per (K, d): median CPU time per prompt of
-each, their ratio (new / old), and the same (median of the repeats) for a batch of 64 prompts (``select_batch``). Writes
+each, their ratio (new / old), and the same (median of the repeats) for a batch of 64 prompts (``select_batch``).
+Also the reason ``sift/methods/greedy.py`` keeps two loops: the batched loop (``condition_greedy``) run on
+one prompt against the single-prompt loop (``condition_greedy_one``), same picks, ratio batched / single. Writes
 benchmarks/results/select_before_after.json.
 
     .venv/bin/python benchmarks/select_before_after.py [--rev 1e59a2f] [--repeats 5]
@@ -32,6 +34,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import sift  # noqa: E402
+from sift.methods.greedy import condition_greedy, condition_greedy_one  # noqa: E402
+from sift.methods.kernel import Kernel  # noqa: E402
 from sift.atomic import write_json  # noqa: E402
 
 torch.set_num_threads(1)
@@ -76,11 +80,20 @@ def main(argv=None) -> list[dict]:
             t = time.process_time(); new_batch = sift.select_batch(queries, cands, 50, lam=0.1); bt_new.append(time.process_time() - t)
             assert all(np.array_equal(x.indices, y.indices) for x, y in zip(old_batch, new_batch)), "batch picks differ"
         b_old, b_new = float(np.median(bt_old)), float(np.median(bt_new))
+        kernel = Kernel([torch.from_numpy(queries[0][None])], [torch.from_numpy(cands[0])])
+        t_one, t_batched = [], []
+        for _ in range(6 * args.repeats):
+            t = time.process_time(); one, _ = condition_greedy_one(kernel, 50, 0.1, True); t_one.append(time.process_time() - t)
+            t = time.process_time(); batched, _ = condition_greedy(kernel, 50, 0.1, True); t_batched.append(time.process_time() - t)
+            assert np.array_equal(one, batched[0]), "the two greedy loops disagree"
         row = {"k": k, "d": d, "n": 50, "old_ms": 1e3 * float(np.median(t_old)), "new_ms": 1e3 * float(np.median(t_new)),
+               "single_loop_ms": 1e3 * float(np.median(t_one)), "batched_loop_one_prompt_ms": 1e3 * float(np.median(t_batched)),
+               "batched_over_single": float(np.median(t_batched) / np.median(t_one)),
                "ratio": float(np.median(t_new) / np.median(t_old)), "batch64_old_s": b_old, "batch64_new_s": b_new,
                "batch_ratio": b_new / b_old, "picks_identical": True}
         print(f"K={k:5d} d={d:5d}  old {row['old_ms']:6.2f} ms  new {row['new_ms']:6.2f} ms  ratio {row['ratio']:.2f}   "
-              f"batch of 64: ratio {row['batch_ratio']:.2f}   picks identical", flush=True)
+              f"batch of 64: ratio {row['batch_ratio']:.2f}   picks identical   batched loop on one prompt "
+              f"{row['batched_over_single']:.2f}x the single-prompt loop", flush=True)
         rows.append(row)
     write_json(Path(__file__).resolve().parent / "results" / "select_before_after.json",
                {"command": "benchmarks/select_before_after.py " + " ".join(argv or sys.argv[1:]),

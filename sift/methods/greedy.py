@@ -14,8 +14,9 @@ greedy over N picks is O(N·K·(d + N)).
 
 Two loops with the same arithmetic: ``condition_greedy`` for P prompts in lockstep (batched
 selection) and ``condition_greedy_one`` on 1-D arrays for one prompt. The second exists because it
-is measured 1.2–1.9× faster on one prompt (K=200..1000, d=384..1024, one thread): at K=1000 a step is
-~15 vector operations, so per-call overhead is a real share of the time. Tests check both pick the same.
+is measured 1.15–1.8× faster on one prompt (K=200..1000, d=384..1024, one thread;
+``benchmarks/select_before_after.py``): at K=1000 a step is ~15 vector operations, so per-call overhead
+is a real share of the time. Tests check both pick the same.
 """
 
 from __future__ import annotations

@@ -160,6 +160,11 @@ class ColumnCache:
         block = np.argpartition(-ranked, width - 1, axis=1)[:, :width] if width < ranked.shape[1] else \
             np.tile(np.arange(width), (len(prompts), 1))
         new = self.kernel.columns(prompts, block)  # (len, width, K)
+        need = int(self.used[prompts].max()) + width
+        if need > self.cols.shape[1]:  # never past K: a column is computed at most once per prompt
+            grown = np.zeros((self.cols.shape[0], min(self.K, max(need, 2 * self.cols.shape[1])), self.K))
+            grown[:, : self.cols.shape[1]] = self.cols
+            self.cols = grown
         positions = self.used[prompts][:, None] + np.arange(width)[None, :]
         self.cols[prompts[:, None], positions] = new
         self.slot[prompts[:, None], block] = positions
