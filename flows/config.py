@@ -109,7 +109,7 @@ class EvaluateConfig(RunnerConfig, TTFTConfig):
             raise ValueError(f"every α must be > 0, got {value}")
         return sorted(set(value))
 
-    def selection(self, method: str) -> SelectionSettings:  # type: ignore[override]
+    def selection(self, method: str) -> SelectionSettings:
         """The select step's settings (its cache key) for ``method``."""
         return SelectionSettings(**self.model_dump(include=set(SelectionSettings.model_fields) - {"method"}),
                                  method=method)

@@ -28,7 +28,6 @@ from flows.tasks import (
     load_tokenizer,
     model_fingerprint_of,
     prompt_hash,
-    read_manifest,
     select_task,
 )
 from prefect import flow, get_run_logger, task
@@ -91,6 +90,7 @@ def run_evaluation(
     in a subflow on the configured runner and ``on_result`` is called as its rows come back.
     """
     from flows.runners import current_runner_matches, is_dask_runner, make_task_runner
+    from sift.index import read_index_manifest
 
     ctx = FlowRunContext.get()
     if ctx is None:
@@ -107,7 +107,7 @@ def run_evaluation(
 
     logger = get_run_logger()
     index_dir = str(resolve_index(config))
-    index_fingerprint = read_manifest(index_dir)["fingerprint"]
+    index_fingerprint = read_index_manifest(index_dir)["fingerprint"]
     model_id = model_fingerprint_of(config.model)
     training = config.training().model_dump()
     select, finetune = cached(select_task), cached(finetune_task)
@@ -216,10 +216,9 @@ def evaluate_in_flow(config: EvaluateConfig) -> dict:
     from tracking.inputs import evaluation_inputs
     from tracking.log import tracking_run
 
-    preflight_evaluate(config)  # first: a deployment or the demo does not pass through the CLI
-    prompts = limit_prompts(load_prompts(config), config.limit)
-    index_dir = resolve_index(config)
-    manifest = read_manifest(index_dir)
+    inputs = preflight_evaluate(config)  # first: a deployment or the demo does not pass through the CLI
+    prompts = limit_prompts(inputs.prompts, config.limit)
+    index_dir, manifest = inputs.index_dir, inputs.manifest
     stats = EvaluationStats()
     params = {"index_fingerprint": manifest["fingerprint"], "embedder_id": manifest.get("embedder_id"),
               "index_path": str(index_dir), "prompts_count": len(prompts),

@@ -18,6 +18,7 @@ themselves are ``sift.inputs`` (pure; what each costs is written there).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -151,19 +152,32 @@ def preflight_index(config: IndexConfig) -> None:
     check_out(config)
 
 
-def _check_evaluation_inputs(config: EvaluateConfig) -> tuple[list[dict], dict]:
-    """Prompts, index and model of an evaluation; returns (all prompts, the index's manifest)."""
+@dataclass(frozen=True)
+class EvaluationInputs:
+    """What an evaluation's preflight read, so the flow does not read it again: every prompt of the
+    file (before ``--limit``), the index folder, and its manifest."""
+
+    prompts: list[dict]
+    index_dir: Path
+    manifest: dict
+
+
+def _check_evaluation_inputs(config: EvaluateConfig) -> EvaluationInputs:
+    """Prompts, index and model of an evaluation; returns what was read."""
     prompts = load_prompts(config)
-    manifest = check_index_folder(resolve_index(config))
+    index_dir = resolve_index(config)
+    manifest = check_index_folder(index_dir)
     check_model(config.model)
-    return prompts, manifest
+    return EvaluationInputs(prompts, index_dir, manifest)
 
 
-def preflight_evaluate(config: EvaluateConfig) -> None:
+def preflight_evaluate(config: EvaluateConfig) -> EvaluationInputs:
     """``sift-ttft evaluate``: prompts file (each line), index folder (manifest, files and their sizes,
-    its embedder), model folder, and ``--out`` not a folder. ``--params`` is read by the config itself."""
-    _check_evaluation_inputs(config)
+    its embedder), model folder, and ``--out`` not a folder. ``--params`` is read by the config itself.
+    Returns what it read (the flow uses it)."""
+    inputs = _check_evaluation_inputs(config)
     _check_out_file(config.out)
+    return inputs
 
 
 def preflight_tune(config: TuneConfig) -> None:
@@ -184,7 +198,8 @@ def preflight_tune(config: TuneConfig) -> None:
                 open_storage(config.storage, heartbeat=False)  # raises its one-line message
             except ValueError as err:
                 raise InputError(f"--storage: {err}") from None
-    prompts, manifest = _check_evaluation_inputs(config)
+    inputs = _check_evaluation_inputs(config)
+    prompts, manifest = inputs.prompts, inputs.manifest
     _check_out_file(config.out)
     # Opening a storage creates it: only once every input passed, and the default one only if it exists.
     storage = None

@@ -161,9 +161,10 @@ def _jsonable(value: Any) -> Any:
 
 def index_fingerprint_of(config: TuneConfig) -> str:
     """The index's content fingerprint (what the values depend on; its folder may move)."""
-    from flows.evaluate import read_manifest, resolve_index
+    from flows.preflight import resolve_index
+    from sift.index import read_index_manifest
 
-    return read_manifest(resolve_index(config))["fingerprint"]
+    return read_index_manifest(resolve_index(config))["fingerprint"]
 
 
 def open_study(storage: RDBStorage, name: str, definition: dict[str, Any], seed: Optional[int] = None):

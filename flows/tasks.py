@@ -195,7 +195,9 @@ def index_embedder(index_dir: str | Path):
 
     Queries must be embedded by the same φ as the corpus, so evaluation takes it from the index.
     """
-    spec = read_manifest(index_dir).get("embedder") or {}
+    from sift.index import read_index_manifest
+
+    spec = read_index_manifest(index_dir).get("embedder") or {}
     if not isinstance(spec, dict):
         spec = {"name_or_path": spec}
     return load_embedder(spec.get("name_or_path"), max_length=spec.get("max_length"))
@@ -203,24 +205,14 @@ def index_embedder(index_dir: str | Path):
 
 def load_corpus_index(index_dir: str | Path, fingerprint: Optional[str] = None):
     """The ``CorpusIndex`` in ``index_dir`` loaded once per process (reloaded if its fingerprint changed)."""
-    from sift.index import load_index
+    from sift.index import load_index, read_index_manifest
 
     path = str(Path(index_dir).resolve())
-    key = (path, fingerprint or read_manifest(path)["fingerprint"])
+    key = (path, fingerprint or read_index_manifest(path)["fingerprint"])
     with _LOCK:
         if key not in _INDICES:
             _INDICES[key] = load_index(path)  # the manifest says which embedder; we check ids below
         return _INDICES[key]
-
-
-def read_manifest(index_dir: str | Path) -> dict:
-    """The index folder's manifest.json (raises ValueError naming the folder when missing)."""
-    path = Path(index_dir) / "manifest.json"
-    if not path.is_file():
-        raise ValueError(
-            f"index={str(index_dir)!r} holds no manifest.json: build one with `sift-ttft index` (or `sift-ttft demo`)"
-        )
-    return json.loads(path.read_text())
 
 
 # ------------------------------------------------------------------------------- build_index tasks

@@ -256,6 +256,21 @@ def read_index_manifest(index_dir: str | Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({err}): rebuild the index with `sift-ttft index`") from err
 
 
+def check_index_files(folder: Path, manifest: dict) -> None:
+    """Every file an index needs is in ``folder`` with the byte size ``manifest`` recorded (a truncated
+    copy is caught without reading it); ``ValueError`` saying which file and what to do otherwise."""
+    for name in INDEX_FILES:
+        path = folder / name
+        expected = (manifest.get("files") or {}).get(name)
+        if not path.is_file():
+            raise ValueError(f"index {folder} lacks {name}: rebuild it with `sift-ttft index`")
+        if expected is not None and path.stat().st_size != expected:
+            raise ValueError(
+                f"index file {path} is truncated or altered ({path.stat().st_size} bytes, manifest says {expected}): "
+                "rebuild the index with `sift-ttft index`"
+            )
+
+
 def load_index(index_dir: str | Path, embedder=None) -> "CorpusIndex":
     """Load an index folder; with ``embedder``, refuse one built by another embedder or dimension.
 
@@ -277,16 +292,7 @@ def load_index(index_dir: str | Path, embedder=None) -> "CorpusIndex":
                 f"index {folder} was built with embedder {manifest.get('embedder_id')!r}, not {embedder.id!r}: "
                 "use that embedder (same model and max_length) or rebuild the index with `sift-ttft index --embedder ...`"
             )
-    for name in INDEX_FILES:
-        path = folder / name
-        expected = (manifest.get("files") or {}).get(name)
-        if not path.is_file():
-            raise ValueError(f"index {folder} lacks {name}: rebuild it with `sift-ttft index`")
-        if expected is not None and path.stat().st_size != expected:
-            raise ValueError(
-                f"index file {path} is truncated or altered ({path.stat().st_size} bytes, manifest says {expected}): "
-                "rebuild the index with `sift-ttft index`"
-            )
+    check_index_files(folder, manifest)
     try:
         index = faiss.read_index(str(folder / "index.faiss"))
     except RuntimeError as err:

@@ -399,10 +399,10 @@ def check_index_folder(index_dir: str | Path, flag: str = "--index") -> dict:
     """Check an index folder without loading it; return its manifest.
 
     Its ``manifest.json`` is JSON with ``fingerprint`` and ``embedder_id``; every file the index needs
-    is present with the byte size the manifest recorded (the rules of ``sift.index.load_index``,
-    which also reads faiss; here only sizes, so a large index is checked in milliseconds); the
+    is present with the byte size the manifest recorded (``sift.index.check_index_files``, which
+    ``load_index`` applies too before it reads faiss; only sizes, so a large index is checked in milliseconds); the
     embedder folder it was built with still exists (queries are embedded with it)."""
-    from sift.index import INDEX_FILES, read_index_manifest
+    from sift.index import check_index_files, read_index_manifest
 
     folder = Path(index_dir).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -418,15 +418,10 @@ def check_index_folder(index_dir: str | Path, flag: str = "--index") -> dict:
     for key in ("fingerprint", "embedder_id"):
         if key not in manifest:
             raise InputError(f"{flag}: {where} lacks {key!r}: rebuild the index with `sift-ttft index`")
-    sizes = manifest.get("files") or {}
-    for name in INDEX_FILES:
-        path = folder / name
-        if not path.is_file():
-            raise InputError(f"{flag}: index {folder} lacks {name}: rebuild it with `sift-ttft index`")
-        expected = sizes.get(name)
-        if expected is not None and path.stat().st_size != expected:
-            raise InputError(f"{flag}: index file {path} is truncated or altered ({path.stat().st_size} bytes, "
-                             f"manifest says {expected}): rebuild the index with `sift-ttft index`")
+    try:
+        check_index_files(folder, manifest)
+    except ValueError as err:
+        raise InputError(f"{flag}: {err}") from None
     spec = manifest.get("embedder")
     source = spec.get("name_or_path") if isinstance(spec, dict) else spec
     if isinstance(source, str) and source and looks_local(source) and not Path(source).expanduser().exists():

@@ -59,10 +59,6 @@ class SelectionSettings(SharedSettings):
         get_method(value)  # a ValueError listing the registered names
         return value
 
-    def selection(self) -> "SelectionSettings":
-        """Just the selection fields (the select step's cache key)."""
-        return SelectionSettings(**self.model_dump(include=set(SelectionSettings.model_fields)))
-
 
 class TrainingSettings(SharedSettings):
     """What decides a fine-tuning besides its texts (the fine-tune step's cache key)."""

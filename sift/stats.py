@@ -268,8 +268,8 @@ def summarize(rows: Sequence[Any], reference: str | None = "nn", alphas: Sequenc
         "methods": methods, "domains": domains, "prompts": len({str(r["prompt_id"]) for r in rows}),
         "groups": groups, "reference": ref, "paired": paired,
         "correlations": {m: uncertainty_correlations(rows, m) for m in trained},
-        "alpha_sweep": {m: alpha_sweep(rows, alphas, m) for m in trained if alpha_sweep(rows, (), m)},
-        "truncation_reference": {m: truncation_reference(rows, m) for m in trained if truncation_reference(rows, m)},
+        "alpha_sweep": {m: sweep for m in trained if (sweep := alpha_sweep(rows, alphas, m))},
+        "truncation_reference": {m: cut for m in trained if (cut := truncation_reference(rows, m))},
         "step_curves": {m: step_curve(rows, m) for m in methods},
     }
 
