@@ -32,6 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from sift.bpb import split_prompt
+from sift.budget import ALL_PICKS, ALPHA, NO_PICKS
 from sift.finetune import finetune_and_evaluate
 from sift.methods import get_method
 from sift.records import PromptResult, PromptSelection, TrainingOutcome
@@ -48,6 +49,8 @@ class TrainingPlan:
     train_texts: list[str]
     low_similarity: bool
     skipped_reason: str | None
+    stop_reason: str = ALL_PICKS  # why training stops where it does (sift.budget's reasons, or "skipped")
+    budget_steps: int | None = None  # the steps a run's budget granted this prompt (None: no budget)
 
 
 def prompt_texts(prompt: dict, settings: SelectionSettings, tokenizer=None) -> tuple[str, str, str]:
@@ -161,25 +164,33 @@ def choose_training_data(query_emb: np.ndarray, index, cfg: SelectionSettings,
     )
 
 
-def plan_training(prompt: dict, selection: PromptSelection, cfg: SelectionSettings, tokenizer=None) -> TrainingPlan:
+def plan_training(prompt: dict, selection: PromptSelection, cfg: SelectionSettings, tokenizer=None,
+                  budget: tuple[int, str] | None = None) -> TrainingPlan:
     """What step 2 trains on and measures for a selection.
 
-    Train on the first ``selection.stop`` picks. ``low_similarity``: a method that retrieves whose
-    best candidate scores below ``cfg.min_similarity`` (or that has none); with
-    ``cfg.on_low_similarity == "skip"`` such a prompt trains on nothing and says why.
+    Train on the first ``selection.stop`` picks, or on the first ``steps`` when a run's budget granted
+    ``budget = (steps, reason)`` (``sift.budget.allocate``). ``low_similarity``: a method that retrieves
+    whose best candidate scores below ``cfg.min_similarity`` (or that has none); with
+    ``cfg.on_low_similarity == "skip"`` such a prompt trains on nothing and says why. ``stop_reason``:
+    the budget's reason, else ``alpha`` when adaptive stopping cut the picks, ``no_picks``, ``skipped``
+    or ``all_picks``.
     """
     _, eval_text, context = prompt_texts(prompt, cfg, tokenizer)
     retrieves = get_method(cfg.method).retrieves
     low_similarity = retrieves and (selection.max_score is None or selection.max_score < cfg.min_similarity)
     train_texts = list(selection.texts[: selection.stop])
+    stop_reason = ALPHA if selection.stop < len(selection.texts) else ALL_PICKS if train_texts else NO_PICKS
+    if budget is not None:
+        train_texts, stop_reason = train_texts[: budget[0]], budget[1]
     skipped_reason = None
     if low_similarity and cfg.on_low_similarity == "skip":
         skipped_reason = (f"no candidate above similarity floor {cfg.min_similarity} "
                           f"(best {selection.max_score})")
-        train_texts = []
+        train_texts, stop_reason = [], "skipped"
     elif selection.candidate_count == 0 and retrieves:
         skipped_reason = "no candidates left after excluding the prompt's own document"
-    return TrainingPlan(eval_text, context, train_texts, bool(low_similarity), skipped_reason)
+    return TrainingPlan(eval_text, context, train_texts, bool(low_similarity), skipped_reason, stop_reason,
+                        None if budget is None else int(budget[0]))
 
 
 def assemble_result(prompt: dict, cfg: TTFTConfig, selection: PromptSelection, outcome: TrainingOutcome,
@@ -229,6 +240,8 @@ def assemble_result(prompt: dict, cfg: TTFTConfig, selection: PromptSelection, o
         skipped_reason=plan.skipped_reason,
         eval_bytes=outcome.eval_bytes,
         excluded_overlap=selection.excluded_overlap,
+        stop_reason=plan.stop_reason,
+        budget_steps=plan.budget_steps,
     )
 
 

@@ -102,6 +102,8 @@ class PromptResult:
     skipped_reason: str | None = None
     eval_bytes: int = 0
     excluded_overlap: int = 0
+    stop_reason: str | None = None  # all_picks | alpha | budget | no_picks | skipped (sift.budget, sift.pipeline)
+    budget_steps: int | None = None  # steps the run's --budget granted this prompt (None: no budget)
 
     @property
     def gain(self) -> float:

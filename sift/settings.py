@@ -5,7 +5,8 @@ Two models, one per idea, composed by everything that needs settings:
   the select step's cache key is exactly its fields.
 - ``TrainingSettings``: what decides a fine-tuning besides its texts (lr, eps, LoRA rank, ...); the
   fine-tune step's cache key is exactly its fields.
-``TTFTConfig`` holds both (what ``sift.ttft.run_prompt`` takes). The flows' configs inherit it, so the
+``TTFTConfig`` holds both (what ``sift.ttft.run_prompt`` takes). ``BudgetSettings``: how a run's
+total step budget is split across its prompts (``sift.budget``), a setting of the whole run. The flows' configs inherit it, so the
 CLI's flags, the Prefect parameters, the MLflow params and the tuning study's defining settings are
 derived from these fields: a field added here reaches all of them with no other edit.
 
@@ -19,6 +20,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sift.budget import DEFAULT_GAMMA, POLICIES
 from sift.methods import get_method
 
 
@@ -77,6 +79,21 @@ class TrainingSettings(SharedSettings):
 
 class TTFTConfig(SelectionSettings, TrainingSettings):
     """Settings of one test-time fine-tuning run: one method over many prompts (selection + training)."""
+
+
+class BudgetSettings(BaseModel):
+    """One step budget for all prompts of a run (``sift.budget.allocate``), per method."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: Optional[int] = Field(None, ge=1, description="Total gradient steps across all prompts of the run, for "
+                                  "each method, split by --allocate after every prompt's selection; none: every "
+                                  "prompt trains on its N picks (or until α stops it).")
+    allocate: Literal[POLICIES] = Field("sigma", description="How --budget is split: uniform (equal steps), alpha "
+                                        "(one α for all prompts, the one that spends the budget) or sigma (steps in "
+                                        "proportion to (1 − σ_N/σ_0)^γ, the uncertainty each prompt's picks remove).")
+    gamma: float = Field(DEFAULT_GAMMA, ge=0, description="γ of --allocate sigma: 0 is uniform, larger gives more "
+                                                          "of the budget to the prompts with the most relevant data.")
 
 
 def settings_fields() -> list[str]:

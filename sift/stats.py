@@ -7,6 +7,8 @@
 - ``spearman``: ``scipy.stats.spearmanr`` on the finite pairs.
 - ``alpha_sweep`` / ``truncation_reference`` / ``step_curve``: what adaptive stopping, a uniform cut
   and more steps would have given, read exactly off per-step curves (``eval_every=1``).
+- ``budget_frontier``: what each step-budget policy (``sift.budget``) would have given at each budget,
+  read off the same curves, its parameter chosen on the other half of the prompts.
 - ``summarize``: all of it per method and domain, the one summary the flows log and print.
 """
 
@@ -204,6 +206,84 @@ def step_curve(results: Iterable[Any], method: str) -> list[dict[str, float]]:
     return [{"step": s, "mean_bpb": float(np.mean(v)), "n": len(v)} for s, v in sorted(by_step.items())]
 
 
+GAMMA_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
+
+
+def split_halves(rows: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """Two halves of the rows' indices, alternating within each domain in row order, so both halves
+    hold every domain about equally (a policy's parameter is chosen on one and reported on the other)."""
+    seen: dict[str, int] = {}
+    halves: tuple[list[int], list[int]] = ([], [])
+    for i, row in enumerate(rows):
+        domain = str(row.get("domain", ""))
+        halves[seen.get(domain, 0) % 2].append(i)
+        seen[domain] = seen.get(domain, 0) + 1
+    return halves
+
+
+def _policy_bpb(rows: Sequence[dict[str, Any]], budget: int, policy: str, gamma: float) -> tuple[list[float], int]:
+    """Per row, bits per byte at the steps ``policy`` grants it out of ``budget``; and the steps spent.
+    Exact: the allocation depends only on the uncertainties, and the curve has every step."""
+    from sift.budget import allocate
+
+    alloc = allocate([r["uncertainties"] for r in rows], budget, policy, gamma=gamma,
+                     caps=[int(r["steps"]) for r in rows])
+    return [curve_of(r)[s] for r, s in zip(rows, alloc.steps)], alloc.total
+
+
+def budget_frontier(results: Iterable[Any], per_prompt: Sequence[float], method: str = "sift",
+                    gammas: Sequence[float] = GAMMA_GRID, seed: int = 0) -> dict[str, Any]:
+    """Mean bits per byte against total steps for every ``sift.budget`` policy, read exactly off
+    per-step curves (``eval_every=1``): each policy's decisions depend only on the uncertainties, so
+    a prompt granted s steps has the bits per byte its full run had after step s.
+
+    Budgets: ``per_prompt`` steps per prompt on average. Cross-fitted so that no prompt is reported
+    with a parameter chosen on it: the prompts split into two halves (``split_halves``); on each
+    half, sigma's γ is the value of ``gammas`` with the lowest mean bits per byte over the budgets
+    (ties: the smaller γ), and it is applied to the *other* half; every policy spends
+    round(per_prompt × half size) steps within each half. Each policy is compared with ``uniform``
+    at the same budget, prompt by prompt (method − uniform, bootstrap 95 % interval, wins = prompts
+    lower). Rows without a full curve are left out. Returns {method, n, gamma_chosen: [γ on half 0,
+    γ on half 1], points: [{policy, per_prompt, budget, steps, mean_steps, mean_bpb, vs_uniform}]}.
+    """
+    from sift.budget import POLICIES
+
+    rows = _curved_rows(results, method)
+    if len(rows) < 2 or not per_prompt:
+        return {}
+    halves = [[rows[i] for i in h] for h in split_halves(rows)]
+
+    def budget_of(half: list[dict[str, Any]], avg: float) -> int:
+        return max(1, int(round(avg * len(half))))
+
+    def tuned_gamma(half: list[dict[str, Any]]) -> float:
+        scores = [float(np.mean([np.mean(_policy_bpb(half, budget_of(half, a), "sigma", g)[0]) for a in per_prompt]))
+                  for g in gammas]
+        return float(gammas[int(np.argmin(scores))])
+
+    chosen = [tuned_gamma(h) for h in halves]
+    applied = [chosen[1], chosen[0]]  # each half gets the γ chosen on the other
+    points, uniform_bpb = [], {}
+    for avg in per_prompt:
+        for policy in ("uniform", *[p for p in POLICIES if p != "uniform"]):
+            bpb, steps = [], 0
+            for half, gamma in zip(halves, applied):
+                values, spent = _policy_bpb(half, budget_of(half, avg), policy, gamma)
+                bpb += values
+                steps += spent
+            point = {"policy": policy, "per_prompt": float(avg), "budget": sum(budget_of(h, avg) for h in halves),
+                     "steps": steps, "mean_steps": steps / len(rows), "mean_bpb": float(np.mean(bpb))}
+            if policy == "uniform":
+                uniform_bpb[avg] = np.asarray(bpb)
+            else:
+                diff = np.asarray(bpb) - uniform_bpb[avg]
+                mean, low, high = bootstrap_mean(diff, seed=seed)
+                point["vs_uniform"] = {"mean": mean, "ci_low": low, "ci_high": high, "wins": int(np.sum(diff < 0)),
+                                       "n": len(diff), "excludes_zero": bool(low > 0 or high < 0)}
+            points.append(point)
+    return {"method": method, "n": len(rows), "gamma_chosen": chosen, "points": points}
+
+
 def unique_trained(row: dict[str, Any], duplicate: int = 1) -> int:
     """Distinct sequences a row trained on (copies of one sequence in a duplicated space count once)."""
     ids = (row.get("picked_seq_ids") or [])[: int(row.get("steps") or 0)]
@@ -233,7 +313,7 @@ def _group(rows: list[dict[str, Any]], method: str, domain: str, seed: int, dupl
 
 
 def summarize(rows: Sequence[Any], reference: str | None = "nn", alphas: Sequence[float] = (), seed: int = 0,
-              duplicate: int = 1) -> dict[str, Any]:
+              duplicate: int = 1, budgets_per_prompt: Sequence[float] = ()) -> dict[str, Any]:
     """Aggregate result rows per method, over all prompts and per domain: the one summary of a run.
 
     Returns a JSON-ready dict:
@@ -245,7 +325,10 @@ def summarize(rows: Sequence[Any], reference: str | None = "nn", alphas: Sequenc
     - ``reference``: the method the others are compared with (``reference`` if it ran, else the first);
     - ``paired``: ``paired_comparison(method, reference)`` for every other method;
     - ``correlations``, ``alpha_sweep`` (at ``alphas``), ``truncation_reference``, ``step_curves``:
-      per method, where the rows carry what they need (per-step curves for the last three).
+      per method, where the rows carry what they need (per-step curves for the last three);
+    - ``budget_frontier``: per method with per-step curves, ``budget_frontier`` at ``budgets_per_prompt``;
+    - ``allocation``: per method, when rows carry a budget's ``stop_reason``: steps spent and the count of
+      each reason.
     """
     rows = [as_record(r) for r in rows]
     if not rows:
@@ -271,7 +354,19 @@ def summarize(rows: Sequence[Any], reference: str | None = "nn", alphas: Sequenc
         "alpha_sweep": {m: sweep for m in trained if (sweep := alpha_sweep(rows, alphas, m))},
         "truncation_reference": {m: cut for m in trained if (cut := truncation_reference(rows, m))},
         "step_curves": {m: step_curve(rows, m) for m in methods},
+        "budget_frontier": {m: f for m in trained if (f := budget_frontier(rows, budgets_per_prompt, m, seed=seed))},
+        "allocation": {m: allocation_summary(rows, m) for m in methods
+                       if any(r.get("budget_steps") is not None for r in rows if r["method"] == m)},
     }
+
+
+def allocation_summary(rows: Sequence[dict[str, Any]], method: str) -> dict[str, Any]:
+    """How a budgeted run spent its steps for ``method``: total steps, and prompts per stop reason."""
+    mine = [r for r in rows if r["method"] == method]
+    reasons: dict[str, int] = {}
+    for r in mine:
+        reasons[str(r.get("stop_reason"))] = reasons.get(str(r.get("stop_reason")), 0) + 1
+    return {"steps": int(sum(int(r.get("steps") or 0) for r in mine)), "prompts": len(mine), "reasons": reasons}
 
 
 def group_of(summary: dict[str, Any], method: str, domain: str = "all") -> dict[str, Any] | None:
