@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sift.inputs import NOT_TEXT_RULE
 from sift.methods import get_method
-from sift.settings import SelectionSettings, TTFTConfig
+from sift.settings import BudgetSettings, SelectionSettings, TTFTConfig
 
 
 class RunnerConfig(BaseModel):
@@ -58,7 +58,7 @@ class IndexConfig(RunnerConfig):
     )
 
 
-class EvaluateConfig(RunnerConfig, TTFTConfig):
+class EvaluateConfig(RunnerConfig, TTFTConfig, BudgetSettings):
     """Test-time fine-tune per prompt and measure bits per byte (``sift-ttft evaluate``).
 
     The selection and training fields are the library's (``sift.settings``), inherited, never listed
@@ -88,7 +88,13 @@ class EvaluateConfig(RunnerConfig, TTFTConfig):
         description="α values of the adaptive-stopping sweep, recomputed from the stored uncertainties and "
                     "per-step curves (needs --eval-every 1) (repeatable).",
     )
-    params: Optional[Path] = Field(None, description="JSON with 'lam'/'alpha' (e.g. tuning's best.json) overriding those flags.")
+    budgets: list[float] = Field(
+        default_factory=lambda: [4.0, 6.0, 8.0, 10.0, 12.0, 14.0],
+        description="Average steps per prompt at which every --allocate policy is compared with uniform, read "
+                    "exactly off the per-step curves (needs --eval-every 1), sigma's γ chosen on the other half "
+                    "of the prompts (repeatable).",
+    )
+    params: Optional[Path] = Field(None, description="JSON with 'lam'/'alpha'/'gamma' (e.g. tuning's best.json) overriding those flags.")
     out: Optional[Path] = Field(None, description="Write one JSON line per (prompt, method) here.")
     tracking: bool = Field(True, description="Log to MLflow (MLFLOW_TRACKING_URI or the state folder's sqlite store).")
     experiment: str = Field("sift-ttft", description="MLflow experiment name.")
@@ -109,6 +115,20 @@ class EvaluateConfig(RunnerConfig, TTFTConfig):
             raise ValueError(f"every α must be > 0, got {value}")
         return sorted(set(value))
 
+    @field_validator("budgets")
+    @classmethod
+    def _positive_budgets(cls, value: list[float]) -> list[float]:
+        if any(not b > 0 for b in value):
+            raise ValueError(f"every budget per prompt must be > 0, got {value}")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _budget_without_alpha(self) -> "EvaluateConfig":
+        if self.budget is not None and self.alpha is not None:
+            raise ValueError("--alpha and --budget do not go together: with a budget, --allocate decides where "
+                             "each prompt stops (--allocate alpha chooses the α that spends the budget)")
+        return self
+
     def selection(self, method: str) -> SelectionSettings:
         """The select step's settings (its cache key) for ``method``."""
         return SelectionSettings(**self.model_dump(include=set(SelectionSettings.model_fields) - {"method"}),
@@ -120,19 +140,19 @@ class EvaluateConfig(RunnerConfig, TTFTConfig):
 
     @model_validator(mode="after")
     def _apply_params_file(self) -> "EvaluateConfig":
-        """``params`` (e.g. tuning's best.json) overrides ``lam``/``alpha``: read it once, here, so the
+        """``params`` (e.g. tuning's best.json) overrides ``lam``/``alpha``/``gamma``: read it once, here, so the
         flow, the CLI and a deployment all see the same resolved values."""
         if self.params is None:
             return self
         path = Path(self.params).expanduser()
         if not path.is_file():
-            raise ValueError(f"params file {str(path)!r} does not exist; give a JSON file with 'lam' and/or 'alpha'")
+            raise ValueError(f"params file {str(path)!r} does not exist; give a JSON file with 'lam', 'alpha' and/or 'gamma'")
         try:
             values = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"params file {str(path)!r} is not JSON ({exc.msg})") from None
-        if not isinstance(values, dict) or not {"lam", "alpha"} & set(values):
-            raise ValueError(f"params file {str(path)!r} must hold a JSON object with 'lam' and/or 'alpha'")
+        if not isinstance(values, dict) or not {"lam", "alpha", "gamma"} & set(values):
+            raise ValueError(f"params file {str(path)!r} must hold a JSON object with 'lam', 'alpha' and/or 'gamma'")
         if "lam" in values:
             if not isinstance(values["lam"], (int, float)) or values["lam"] <= 0:
                 raise ValueError(f"params file {str(path)!r}: 'lam' must be a number > 0, got {values['lam']!r}")
@@ -142,6 +162,10 @@ class EvaluateConfig(RunnerConfig, TTFTConfig):
             if alpha is not None and (not isinstance(alpha, (int, float)) or alpha <= 0):
                 raise ValueError(f"params file {str(path)!r}: 'alpha' must be a number > 0 or null, got {alpha!r}")
             self.alpha = None if alpha is None else float(alpha)
+        if "gamma" in values:
+            if not isinstance(values["gamma"], (int, float)) or values["gamma"] < 0:
+                raise ValueError(f"params file {str(path)!r}: 'gamma' must be a number >= 0, got {values['gamma']!r}")
+            self.gamma = float(values["gamma"])
         return self
 
 
@@ -164,13 +188,17 @@ class TuneConfig(EvaluateConfig):
     )
     study: str = Field("sift-ttft", description="Optuna study name; an existing study resumes.")
     storage: Optional[str] = Field(None, description="Optuna RDB URL; default: sqlite in the state folder.")
-    objective: Literal["bpb", "bpb+compute"] = Field("bpb", description="Minimise bits per byte, or bpb + W × mean steps.")
+    objective: Literal["bpb", "bpb+compute"] = Field("bpb", description="Minimise bits per byte, or bpb + W × mean steps. "
+                                                     "With --budget every trial spends the same steps, so both minimise "
+                                                     "the bits per byte that budget buys; λ′ and sigma's γ are searched.")
     compute_weight: float = Field(0.001, ge=0, description="W in bpb + W × mean steps.")
     jobs: int = Field(1, ge=1, description="Trials run in parallel threads of this process.")
     lam_min: float = Field(1e-3, gt=0, description="Lower end of λ′'s log-uniform range.")
     lam_max: float = Field(10.0, gt=0, description="Upper end of λ′'s log-uniform range.")
     alpha_min: float = Field(0.1, gt=0, description="Lower end of α's log-uniform range.")
     alpha_max: float = Field(100.0, gt=0, description="Upper end of α's log-uniform range.")
+    gamma_max: float = Field(4.0, gt=0, description="Upper end of γ's uniform range [0, gamma_max], searched with "
+                                                     "--budget and --allocate sigma.")
     tune_fraction: float = Field(0.5, gt=0, lt=1, description="Fraction of prompts used for tuning; the rest is held out.")
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ summary per method and domain.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,14 +39,33 @@ from prefect.task_runners import ThreadPoolTaskRunner
 # ------------------------------------------------------------------------------------------ results
 
 
-def plan_of(prompt: dict, cfg, selection: dict, model: Optional[str]):
-    """Step 2's input for a cached selection: the library's ``plan_training`` (texts only)."""
+def plan_of(prompt: dict, cfg, selection: dict, model: Optional[str], budget: Optional[tuple[int, str]] = None):
+    """Step 2's input for a cached selection: the library's ``plan_training`` (texts only), cut to the
+    ``(steps, reason)`` a run's budget granted the prompt."""
     from sift.jsonable import dataclass_from_jsonable
     from sift.pipeline import plan_training
     from sift.records import PromptSelection
 
     tokenizer = load_tokenizer(model) if cfg.split is not None else None
-    return plan_training(prompt, dataclass_from_jsonable(PromptSelection, selection), cfg, tokenizer)
+    return plan_training(prompt, dataclass_from_jsonable(PromptSelection, selection), cfg, tokenizer, budget)
+
+
+def allocate_budget(config: EvaluateConfig, jobs: list, selections: list[dict]) -> tuple[dict, dict]:
+    """``config.budget`` split across the prompts of each method by ``sift.budget.allocate``, from the
+    uncertainty paths of their selections (capped by each selection's picks). Returns
+    ``({job index: (steps, reason)}, {method: Allocation})``; the library owns the policy, the flow
+    only hands it the selections."""
+    from sift.budget import allocate
+
+    grants, allocations = {}, {}
+    for method in config.method:
+        mine = [i for i, (_, cfg) in enumerate(jobs) if cfg.method == method]
+        paths = [[math.sqrt(max(v, 0.0)) for v in selections[i]["variances"]] for i in mine]
+        alloc = allocate(paths, config.budget, config.allocate, gamma=config.gamma,
+                         caps=[int(selections[i]["stop"]) for i in mine])
+        allocations[method] = alloc
+        grants.update({i: (s, r) for i, s, r in zip(mine, alloc.steps, alloc.reasons)})
+    return grants, allocations
 
 
 def compose_result(prompt: dict, cfg, selection: dict, outcome: dict, plan) -> dict:
@@ -88,6 +108,8 @@ def run_evaluation(
     selection is back, and rows are collected in prompt order. When the running flow's runner is not
     the kind ``config.task_runner`` names (a deployment whose parameters ask for Dask), the work runs
     in a subflow on the configured runner and ``on_result`` is called as its rows come back.
+    With ``config.budget``, every selection runs first, then ``allocate_budget`` splits the budget and
+    each prompt fine-tunes on the steps it was granted (``steps``, ``budget_steps``, ``stop_reason``).
     """
     from flows.runners import current_runner_matches, is_dask_runner, make_task_runner
     from sift.index import read_index_manifest
@@ -132,22 +154,33 @@ def run_evaluation(
         return run.result()
 
     parallel = is_dask_runner(ctx.task_runner)
-    if parallel:
+    budgeted = config.budget is not None
+    selections: list[Any] = []
+    if parallel:  # every selection at once
         selections = [select.submit(**select_call(p, cfg)) for p, cfg in jobs]
-        pending = []
-        for (prompt, cfg), future in zip(jobs, selections):
-            selection = outcome_of("select", future)
-            plan = plan_of(prompt, cfg, selection, config.model)
-            pending.append((selection, plan, finetune.submit(**finetune_call(plan))))
+    elif budgeted:  # a budget is split only once every prompt's selection is known
+        selections = [select(**select_call(p, cfg), return_state=True) for p, cfg in jobs]
+    if parallel or budgeted:
+        selections = [outcome_of("select", s) for s in selections]
+    grants, allocations = allocate_budget(config, jobs, selections) if budgeted else ({}, {})
+    for method, alloc in allocations.items():
+        logger.info("budget %d steps (%s) for %s: %d granted over %d prompts%s", config.budget, config.allocate,
+                    method, alloc.total, len(alloc.steps), f", α = {alloc.alpha:.4g}" if alloc.alpha is not None else "")
+    pending = []
+    if parallel:  # each fine-tuning as soon as its plan is known
+        for i, (prompt, cfg) in enumerate(jobs):
+            plan = plan_of(prompt, cfg, selections[i], config.model, grants.get(i))
+            pending.append((plan, finetune.submit(**finetune_call(plan))))
     rows: list[dict] = []
     started = time.perf_counter()
     for i, (prompt, cfg) in enumerate(jobs):
         if parallel:
-            selection, plan, future = pending[i]
+            selection, (plan, future) = selections[i], pending[i]
             outcome = outcome_of("finetune_evaluate", future)
         else:
-            selection = outcome_of("select", select(**select_call(prompt, cfg), return_state=True))
-            plan = plan_of(prompt, cfg, selection, config.model)
+            selection = selections[i] if budgeted else outcome_of(
+                "select", select(**select_call(prompt, cfg), return_state=True))
+            plan = plan_of(prompt, cfg, selection, config.model, grants.get(i))
             outcome = outcome_of("finetune_evaluate", finetune(**finetune_call(plan), return_state=True))
         row = compose_result(prompt, cfg, selection, outcome, plan)
         rows.append(row)
@@ -179,7 +212,7 @@ def summarize_task(rows: list[dict], tracker, config: EvaluateConfig) -> dict:
     from sift.stats import summarize
 
     summary = summarize(rows, reference=config.reference, alphas=config.alphas, seed=config.seed,
-                        duplicate=config.duplicate)
+                        duplicate=config.duplicate, budgets_per_prompt=config.budgets)
     return tracker.log_summary(rows, summary)
 
 
@@ -275,6 +308,17 @@ def comparison_lines(summary: dict) -> list[str]:
         parts = [f"α={r['alpha']:g}: {100 * r['steps_saved']:.0f} % steps saved, {100 * r['bpb_loss_relative']:+.2f} % bpb"
                  for r in sweep if r["alpha"] is not None]
         lines.append(f"{method} adaptive stopping: " + "; ".join(parts))
+    for method, frontier in summary.get("budget_frontier", {}).items():
+        lines.append(f"{method} step budget, each policy − uniform at the same steps (sigma's γ chosen on the other "
+                     f"half of the prompts: {frontier['gamma_chosen']}):")
+        for p in frontier["points"]:
+            if "vs_uniform" in p:
+                v = p["vs_uniform"]
+                lines.append(f"  {p['per_prompt']:g} steps/prompt, {p['policy']}: {p['mean_bpb']:.4f} bits per byte, "
+                             f"{v['mean']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}], lower on {v['wins']} of {v['n']}")
+    for method, spent in summary.get("allocation", {}).items():
+        lines.append(f"{method} budget: {spent['steps']} steps over {spent['prompts']} prompts; stops: "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(spent["reasons"].items())))
     return lines
 
 

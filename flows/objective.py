@@ -12,6 +12,12 @@ Choices (each one the simplest that keeps the study honest):
   of the α range reaches it.
 - **Objective** (single, minimised): ``bpb`` = mean bits per byte after fine-tuning over the tuning
   split; ``bpb+compute`` = that + W × mean steps (W = ``compute_weight`` bits per byte per step).
+- **A fixed budget** (``--budget STEPS``, ``sift.budget``): every trial spends the same total steps
+  over the tuning split, split by ``--allocate``, so compute is fixed and the objective is the bits
+  per byte that budget buys (the budgeted form of ``bpb+compute``: W × steps is the same for every
+  trial). The search is then λ′ and the policy's own parameter: γ of ``sigma``, uniform on
+  [0, gamma_max] (0 is the uniform split); ``alpha`` derives its α from the budget and ``uniform``
+  has none, so α is not searched.
   One scalar rather than an NSGA-II Pareto study, because Optuna's pruners only work for single-
   objective studies and pruning is what makes tuning affordable on a CPU.
 - **Pruning.** After each tuning prompt the running objective is reported (step i = prompts done − 1;
@@ -44,7 +50,8 @@ STOPPING_CHOICES = ("adaptive", "never")
 
 
 def search_space(config: TuneConfig) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The distributions of ``lam``, ``stopping`` and (conditional on stopping="adaptive") ``alpha``."""
+    """The distributions of ``lam``, ``stopping`` and (conditional on stopping="adaptive") ``alpha``;
+    with ``config.budget``: ``lam`` and, for ``allocate="sigma"``, ``gamma``."""
     for name in ("lam_min", "lam_max", "alpha_min", "alpha_max"):
         value = getattr(config, name)
         if not value > 0:
@@ -53,6 +60,11 @@ def search_space(config: TuneConfig) -> dict[str, optuna.distributions.BaseDistr
         raise ValueError(f"empty λ′ range: lam_min={config.lam_min} must be < lam_max={config.lam_max}")
     if config.alpha_min >= config.alpha_max:
         raise ValueError(f"empty α range: alpha_min={config.alpha_min} must be < alpha_max={config.alpha_max}")
+    if config.budget is not None:
+        space = {"lam": FloatDistribution(config.lam_min, config.lam_max, log=True)}
+        if config.allocate == "sigma":
+            space["gamma"] = FloatDistribution(0.0, config.gamma_max)
+        return space
     return {
         "lam": FloatDistribution(config.lam_min, config.lam_max, log=True),
         "stopping": CategoricalDistribution(STOPPING_CHOICES),
@@ -64,15 +76,22 @@ def suggest_params(trial: optuna.Trial, config: TuneConfig) -> dict[str, Optiona
     """Sample one point; returns ``{"lam": λ′, "alpha": α or None}`` (the ``--params`` format)."""
     # Must match search_space(), which is what the study stores and compares on resume.
     lam = trial.suggest_float("lam", config.lam_min, config.lam_max, log=True)
+    if config.budget is not None:  # the budget decides where prompts stop: λ′ and the policy's γ
+        gamma = trial.suggest_float("gamma", 0.0, config.gamma_max) if config.allocate == "sigma" else None
+        return {"lam": float(lam), "alpha": None, **({} if gamma is None else {"gamma": float(gamma)})}
     stopping = trial.suggest_categorical("stopping", STOPPING_CHOICES)
     alpha = trial.suggest_float("alpha", config.alpha_min, config.alpha_max, log=True) if stopping == "adaptive" else None
     return {"lam": float(lam), "alpha": None if alpha is None else float(alpha)}
 
 
 def params_of(trial: optuna.trial.FrozenTrial) -> dict[str, Optional[float]]:
-    """A finished trial's point in the ``--params`` format ``{"lam": ..., "alpha": ... or null}``."""
+    """A finished trial's point in the ``--params`` format ``{"lam": ..., "alpha": ... or null}`` (and
+    ``"gamma"`` when the study searched it)."""
     alpha = trial.params.get("alpha") if trial.params.get("stopping", "adaptive") == "adaptive" else None
-    return {"lam": float(trial.params["lam"]), "alpha": None if alpha is None else float(alpha)}
+    point = {"lam": float(trial.params["lam"]), "alpha": None if alpha is None else float(alpha)}
+    if "gamma" in trial.params:
+        point["gamma"] = float(trial.params["gamma"])
+    return point
 
 
 def best_params(study: optuna.Study) -> Optional[dict[str, Optional[float]]]:
@@ -169,6 +188,8 @@ def trial_config(config: TuneConfig, params: dict[str, Optional[float]]) -> Eval
     values.update(
         method=["sift"], lam=params["lam"], alpha=params["alpha"], tracking=False, limit=None, params=None, out=None
     )
+    if "gamma" in params:
+        values["gamma"] = params["gamma"]
     return EvaluateConfig.model_validate(values)
 
 

@@ -177,7 +177,20 @@ def preflight_evaluate(config: EvaluateConfig) -> EvaluationInputs:
     Returns what it read (the flow uses it)."""
     inputs = _check_evaluation_inputs(config)
     _check_out_file(config.out)
+    _check_budget(config, len(limit_prompts(inputs.prompts, config.limit)))
     return inputs
+
+
+def _check_budget(config: EvaluateConfig, prompts: int) -> None:
+    """``--budget`` against the number of prompts (``sift.budget.check_budget``: uniform needs a step each)."""
+    if config.budget is None:
+        return
+    from sift.budget import check_budget
+
+    try:
+        check_budget(config.budget, prompts, config.allocate)
+    except ValueError as err:
+        raise InputError(f"--budget: {err}") from None
 
 
 def preflight_tune(config: TuneConfig) -> None:

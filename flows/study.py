@@ -29,12 +29,14 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from flows.config import TuneConfig
 from flows.objective import search_space
 from sift.env import state_dir
-from sift.settings import TTFTConfig
+from sift.settings import BudgetSettings, TTFTConfig
 
 STUDY_DEFINITION_ATTR = "sift_ttft.definition"
 # Evaluation settings that change what a trial's value means, so a resumed study must keep them:
-# every field of the library's settings (derived, never listed) but the searched λ′ and α, and the model.
-_DEFINING_SETTINGS = tuple(name for name in TTFTConfig.model_fields if name not in ("lam", "alpha")) + ("model",)
+# every field of the library's settings and of the budget (derived, never listed) but the searched λ′, α
+# and γ, and the model.
+_DEFINING_SETTINGS = tuple(name for name in (*TTFTConfig.model_fields, *BudgetSettings.model_fields)
+                           if name not in ("lam", "alpha", "gamma")) + ("model",)
 # A crashed worker's RUNNING trial is failed (and retried once) after this long without a heartbeat.
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120

@@ -45,6 +45,7 @@ from tracking.metrics import result_metrics, selection_table, summary_csv, summa
 from tracking.naming import UI_COLUMNS_TAG, parent_run_name, result_description, ui_columns
 from tracking.plots import (
     plot_alpha_sweep,
+    plot_budget_frontier,
     plot_bpb_by_method_domain,
     plot_curves,
     plot_landscape,
@@ -215,7 +216,7 @@ class MlflowLogger:
     def log_result(self, row: Mapping[str, Any]) -> str:
         """One child run for one (prompt, method) result row; returns its run id.
 
-        Params/tags: prompt_id, method, domain (tag ``skipped_reason`` when set). Metrics: ``result_metrics(row)``. Artifact:
+        Params/tags: prompt_id, method, domain (tags ``stop_reason`` and ``skipped_reason`` when set). Metrics: ``result_metrics(row)``. Artifact:
         ``selection.json`` (``selection_table(row)`` via ``log_table``) when the method picked anything.
         Description (top of the run's page): ``naming.result_description``. Start and end time span the
         row's compute (``seconds_total``), so the UI's Duration is the real compute time.
@@ -234,8 +235,9 @@ class MlflowLogger:
         compute = next((v for k, v, _ in computed if k == "seconds_total"), None)
         tags = dict(ident)
         tags[MLFLOW_RUN_NOTE] = result_description(row, compute)[:5000]
-        if row.get("skipped_reason"):
-            tags["skipped_reason"] = str(row["skipped_reason"])[:5000]
+        for key in ("stop_reason", "skipped_reason"):
+            if row.get(key):
+                tags[key] = str(row[key])[:5000]
         with self._child(f"{ident['prompt_id']}/{ident['method']}", tags, seconds=compute) as child_id:
             self.client.log_batch(child_id, metrics=metrics, params=[Param(k, v) for k, v in ident.items()])
             table = selection_table(row)
@@ -282,7 +284,8 @@ class MlflowLogger:
         rows), ``plots/bpb_by_method_domain.png``, ``plots/bpb_gain_by_method_domain.png``,
         ``plots/paired_vs_<reference>.png``, ``plots/uncertainty_vs_bpb_after.png``,
         ``plots/uncertainty_vs_bpb_gain.png``, ``plots/curves.png``, and where the rows have per-step
-        curves ``plots/step_curves.png`` and ``plots/alpha_sweep_<method>.png``.
+        curves ``plots/step_curves.png``, ``plots/alpha_sweep_<method>.png`` and
+        ``plots/budget_frontier_<method>.png``.
         """
         summary = dict(summary) if summary is not None else summarize(rows)
         self.log_metrics(summary_metrics(summary))
@@ -303,6 +306,8 @@ class MlflowLogger:
             self.log_figure(plot_step_curves(summary), "plots/step_curves.png")
         for method in summary.get("alpha_sweep", {}):
             self.log_figure(plot_alpha_sweep(summary, method), f"plots/alpha_sweep_{method}.png")
+        for method in summary.get("budget_frontier", {}):
+            self.log_figure(plot_budget_frontier(summary, method), f"plots/budget_frontier_{method}.png")
         return summary
 
     def log_landscape(self, params: Sequence[Mapping[str, Any]], values: Sequence[float],

@@ -18,7 +18,7 @@ def result_metrics(row: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     ``bpb_curve`` and at step ``steps`` (after); scalars at step 0: bpb_before, bpb_after,
     bpb_gain = before − after, steps, picks, repeats, unique_docs, stopped_early (0/1), uncertainty_final
     (σ_N after the trained picks), tokens/flops (or tokens_<part> for dicts), tokens_train/tokens_eval,
-    candidate_count, eval_bytes, max_score, low_similarity when present, seconds_<phase>, and
+    candidate_count, eval_bytes, max_score, low_similarity, budget_steps when present, seconds_<phase>, and
     seconds_total (the row's ``seconds["total"]``, else the sum of the phases).
     """
     out: list[tuple[str, float, int]] = []
@@ -46,7 +46,8 @@ def result_metrics(row: Mapping[str, Any]) -> list[tuple[str, float, int]]:
         elif value is not None:
             scalars[name] = float(value)
     # Extra numbers PromptResult carries (tokens split, candidates, evaluated bytes, similarity flag).
-    for name in ("tokens_train", "tokens_eval", "candidate_count", "eval_bytes", "max_score", "low_similarity"):
+    for name in ("tokens_train", "tokens_eval", "candidate_count", "eval_bytes", "max_score", "low_similarity",
+                 "budget_steps"):
         value = row.get(name)
         if isinstance(value, (bool, int, float)):
             scalars[name] = float(value)
@@ -87,7 +88,8 @@ def selection_table(row: Mapping[str, Any]) -> dict[str, list]:
 def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """Parent-run metrics from ``sift.stats.summarize``: ``<method>/<stat>`` over all prompts,
     ``<method>/<domain>/<stat>`` per domain, ``paired/<method>-vs-<reference>/{mean,ci_low,ci_high,wins}``
-    (bits per byte after, method − reference, 95 % bootstrap interval over prompts).
+    (bits per byte after, method − reference, 95 % bootstrap interval over prompts), and per budget policy
+    ``budget/<method>/<policy>/<steps per prompt>/{mean_bpb,vs_uniform_mean,vs_uniform_ci_low,...}``.
     Non-finite values (e.g. ρ of < 3 points) are left out."""
     stats = ("count", "bpb_before", "bpb_before_lo", "bpb_before_hi", "bpb_after", "bpb_after_lo", "bpb_after_hi",
              "bpb_gain", "bpb_gain_lo", "bpb_gain_hi", "steps", "tokens", "flops", "seconds_total",
@@ -104,6 +106,14 @@ def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         for stat in ("mean", "ci_low", "ci_high", "wins"):
             if isinstance(p.get(stat), (int, float)) and math.isfinite(p[stat]):
                 out[f"paired/{p['method']}-vs-{p['reference']}/{stat}"] = float(p[stat])
+    for method, frontier in (summary.get("budget_frontier") or {}).items():  # budget/<m>/<policy>/<steps>/...
+        for point in frontier["points"]:
+            key = f"budget/{method}/{point['policy']}/{point['per_prompt']:g}"
+            out[f"{key}/mean_bpb"] = float(point["mean_bpb"])
+            for stat in ("mean", "ci_low", "ci_high", "wins"):
+                value = (point.get("vs_uniform") or {}).get(stat)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    out[f"{key}/vs_uniform_{stat}"] = float(value)
     return out
 
 

@@ -234,6 +234,42 @@ def plot_alpha_sweep(summary: dict[str, Any], method: str = "sift") -> Figure:
     return fig
 
 
+def plot_budget_frontier(summary: dict[str, Any], method: str = "sift") -> Figure:
+    """Left: mean bits per byte against steps per prompt for each budget policy (``sift.budget``), read
+    off the per-step curves. Right: each policy − uniform at the same budget with its 95 % interval
+    (below 0: the policy spends the same steps better)."""
+    frontier = (summary.get("budget_frontier") or {}).get(method)
+    if not frontier:
+        raise ValueError(f"summary has no budget frontier for {method!r} (needs per-step curves: --eval-every 1)")
+    policies = list(dict.fromkeys(p["policy"] for p in frontier["points"]))
+    colors = {"uniform": "#7f7f7f", "alpha": "#ff7f0e", "sigma": "#2ca02c"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, policy in enumerate(policies):
+        pts = [p for p in frontier["points"] if p["policy"] == policy]
+        color = colors.get(policy, f"C{i}")
+        left.plot([p["mean_steps"] for p in pts], [p["mean_bpb"] for p in pts], marker="o", ms=4, lw=2, color=color,
+                  label=policy)
+        if policy != "uniform":
+            offset = 0.12 * (i - (len(policies) - 1) / 2)
+            xs = [p["per_prompt"] + offset for p in pts]
+            ys = [p["vs_uniform"]["mean"] for p in pts]
+            err = [[y - p["vs_uniform"]["ci_low"] for y, p in zip(ys, pts)],
+                   [p["vs_uniform"]["ci_high"] - y for y, p in zip(ys, pts)]]
+            right.errorbar(xs, ys, yerr=err, fmt="o", color=color, capsize=3, label=f"{policy} − uniform")
+    right.axhline(0, color="black", lw=0.8)
+    left.set_xlabel("steps per prompt (mean)")
+    left.set_ylabel("mean bits per byte after")
+    left.set_title(f"{method}: one step budget for {frontier['n']} prompts", fontsize=11)
+    right.set_xlabel("budget: steps per prompt (mean)")
+    right.set_ylabel("bits per byte, policy − uniform (95 %)")
+    right.set_title(f"paired with uniform; sigma's γ chosen on the other half {frontier['gamma_chosen']}", fontsize=9)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_landscape(params: Sequence[dict[str, Any]], values: Sequence[float], x: str = "lam", y: str = "alpha",
                    objective: str = "objective (lower is better)") -> Figure:
     """The tuning landscape: each finished trial at (λ′, α) on log axes coloured by its objective value,
