@@ -114,7 +114,9 @@ def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
     if created and config.lam_min <= config.lam <= config.lam_max:
         # The first trial is the configured point, so tuning never ends worse than the defaults.
         start: dict[str, Any] = {"lam": config.lam, "stopping": "never"}
-        if config.alpha is not None and config.alpha_min <= config.alpha <= config.alpha_max:
+        if config.budget is not None:  # the budgeted search space (objective.search_space): λ′ and sigma's γ
+            start = {"lam": config.lam, **({"gamma": config.gamma} if config.allocate == "sigma" else {})}
+        elif config.alpha is not None and config.alpha_min <= config.alpha <= config.alpha_max:
             start = {"lam": config.lam, "stopping": "adaptive", "alpha": config.alpha}
         study.enqueue_trial(start)
 

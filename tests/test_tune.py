@@ -463,3 +463,45 @@ def test_a_killed_workers_trial_is_requeued_with_its_parameters(tmp_path):
     first, retry = study.trials
     assert first.state.name == "FAIL"
     assert retry.state.name == "COMPLETE" and retry.params == first.params
+
+
+def test_with_a_budget_the_search_is_lambda_and_sigmas_gamma(tmp_path):
+    """--budget fixes the compute of every trial: α is not searched (the budget decides where prompts stop),
+    γ is, for --allocate sigma; the point goes to evaluate as its config and to best.json as 'gamma'."""
+    from flows.objective import params_of, search_space, suggest_params, trial_config
+
+    sigma = TuneConfig(budget=40, allocate="sigma", gamma_max=3.0)
+    assert set(search_space(sigma)) == {"lam", "gamma"}
+    assert (search_space(sigma)["gamma"].low, search_space(sigma)["gamma"].high) == (0.0, 3.0)
+    assert set(search_space(TuneConfig(budget=40, allocate="alpha"))) == {"lam"}
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat=False))
+    trial = study.ask()
+    point = suggest_params(trial, sigma)
+    assert set(point) == {"lam", "alpha", "gamma"} and point["alpha"] is None and 0 <= point["gamma"] <= 3
+    study.tell(trial, 1.0)
+    assert params_of(study.best_trial) == point
+    config = trial_config(sigma, point)
+    assert (config.budget, config.allocate, config.gamma, config.alpha) == (40, "sigma", point["gamma"], None)
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps(point))
+    assert EvaluateConfig(params=best).gamma == point["gamma"]
+    with pytest.raises(ValueError, match="do not go together"):
+        TuneConfig(budget=40, alpha=2.0)
+
+
+
+@pytest.mark.slow
+def test_tune_with_a_budget_runs_trials_that_each_spend_it(tiny_index, tiny_prompts_file, tiny_lm_dir, tmp_path,
+                                                           monkeypatch):
+    from flows.tune import tune
+
+    monkeypatch.setenv("SIFT_HOME", str(tmp_path / "state"))
+    config = _tune_config(tiny_index, tiny_prompts_file, tiny_lm_dir, budget=3, allocate="sigma", study="budgeted",
+                          tracking=False, gamma=1.0)
+    result = tune(config)
+    trials = optuna.load_study(storage=open_storage(result["storage"], heartbeat=False), study_name="budgeted").trials
+    assert trials[0].params == {"lam": 0.1, "gamma": 1.0}  # the configured point first, in the budgeted space
+    assert all(set(t.params) == {"lam", "gamma"} for t in trials)
+    # 2 tuning prompts × n=2 picks, a budget of 3: no trial trains more than 3 steps in all
+    assert all(t.user_attrs["mean_steps"] * t.user_attrs["prompts"] <= 3 for t in trials if t.state.name == "COMPLETE")
+    assert set(json.loads(Path(result["best_json"]).read_text())) == {"lam", "alpha", "gamma"}
