@@ -196,3 +196,24 @@ def test_an_unknown_policy_is_refused_by_name():
 
     result = CliRunner().invoke(app, ["evaluate", "--budget", "4", "--allocate", "greedy"])
     assert result.exit_code == 2 and "--allocate" in result.output and "sigma" in result.output
+
+
+def test_a_prompt_granted_s_steps_scores_what_its_full_curve_shows_after_step_s(tiny_lm_dir):
+    """Why the frontier can be read off the curves: s steps on the first s picks are the first s steps of
+    the full run (one Adam step per text, in order, seeded), so the bits per byte after them is the curve's
+    point at s."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sift.finetune import finetune_and_evaluate
+    from sift.settings import TrainingSettings
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    texts = ["def add(a, b): return a + b", "the river flows north", "she read the letter twice", "git commit"]
+    prompt = "for i in range(10): print(i * i)"
+    full = finetune_and_evaluate(model, tokenizer, prompt, texts, TrainingSettings(max_tokens=32, eval_every=1, lr=1e-3))
+    curve = dict(full.bpb_curve)
+    for s in (1, 2, 3):
+        short = finetune_and_evaluate(model, tokenizer, prompt, texts[:s], TrainingSettings(max_tokens=32, lr=1e-3))
+        assert short.bpb_after == pytest.approx(curve[s], rel=1e-6)
+    assert len({round(v, 6) for v in curve.values()}) == len(curve)  # the steps did change the model
