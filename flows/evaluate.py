@@ -213,6 +213,7 @@ def evaluate(config: EvaluateConfig = EvaluateConfig()) -> dict:
 
 def evaluate_in_flow(config: EvaluateConfig) -> dict:
     """The ``evaluate`` flow's body, callable from another flow (``demo``) without a subflow."""
+    from flows.trace import flow_run_tags, link_flow_run_to_mlflow
     from tracking.inputs import evaluation_inputs
     from tracking.log import tracking_run
 
@@ -224,7 +225,9 @@ def evaluate_in_flow(config: EvaluateConfig) -> dict:
               "index_path": str(index_dir), "prompts_count": len(prompts),
               "model_fingerprint": model_fingerprint_of(config.model)}
     with tracking_run(config, experiment=config.experiment, run_name="evaluate", enabled=config.tracking,
-                      params=params, datasets=evaluation_inputs(manifest, index_dir, prompts, config.prompts)) as tracker:
+                      params=params, datasets=evaluation_inputs(manifest, index_dir, prompts, config.prompts),
+                      tags=flow_run_tags()) as tracker:
+        link_flow_run_to_mlflow(tracker)  # the flow run's link artifact to this MLflow run
         rows = run_evaluation(config, prompts, tracker.log_result, stats=stats)
         summary = summarize_task(rows, tracker, config)
     leak_warning = warn_prompts_found_under_other_ids(prompts, rows, index_dir)

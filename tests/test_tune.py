@@ -137,7 +137,7 @@ def test_cli_bad_input_is_one_line_exit_2_before_any_flow_runs(flags, message, t
     [
         ("sqlite:////no/such/folder/optuna.db", "unable to open database file"),
         ("not a url", "Could not parse"),
-        ("postgresql://user@127.0.0.1:1/db", "DB access module"),  # no driver installed
+        ("postgresql://user@127.0.0.1:1/db", "connection failed"),  # driver installed, no server there
     ],
 )
 def test_storage_that_cannot_be_opened_is_a_clear_error(url, cause):
@@ -386,19 +386,30 @@ def test_tune_flow_logs_trials_writes_best_and_reuses_cached_work(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_worker_processes_share_one_study_without_losing_or_repeating_trials(
-    tiny_index, tiny_prompts_file, tiny_lm_dir, tmp_path
+    backend, tiny_index, tiny_prompts_file, tiny_lm_dir, tmp_path, request
 ):
+    """Two `sift-ttft tune` processes on one study: in a sqlite file (--storage), and in a real PostgreSQL
+    server given as a plain postgresql:// URL in $SIFT_OPTUNA_STORAGE (the driver is mapped)."""
     from flow_helpers import prefect_api_url
     from mlflow import MlflowClient
 
-    storage_url = f"sqlite:///{tmp_path / 'shared.db'}"
-    open_storage(storage_url)  # create the tables once, as a user would by running one worker first
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url(), "SIFT_HOME": str(tmp_path / "state")}
+    if backend == "sqlite":
+        storage_url = f"sqlite:///{tmp_path / 'shared.db'}"
+        open_storage(storage_url)  # create the tables once, as a user would by running one worker first
+        storage_flags = ["--storage", storage_url]
+    else:  # both workers create the tables of an empty database at once
+        storage_url = request.getfixturevalue("postgres_server").create_database("tune_workers")
+        assert storage_url.startswith("postgresql://")
+        env["SIFT_OPTUNA_STORAGE"] = storage_url
+        storage_flags = []
+    experiment = f"tune-workers-{backend}"
     flags = [
         "tune", "--index", str(tiny_index), "--prompts", str(tiny_prompts_file), "--model", str(tiny_lm_dir),
-        "--n", "2", "--k", "8", "--max-tokens", "32", "--trials", "2", "--study", "shared", "--storage", storage_url,
-        "--experiment", "tune-workers",
+        "--n", "2", "--k", "8", "--max-tokens", "32", "--trials", "2", "--study", "shared", *storage_flags,
+        "--experiment", experiment,
     ]
     code = "import sys; from flows.cli import app; sys.argv = ['sift-ttft'] + sys.argv[1:]; app()"
     workers = [
@@ -418,7 +429,7 @@ def test_two_worker_processes_share_one_study_without_losing_or_repeating_trials
     assert sum(t.params == {"lam": 0.1, "stopping": "never"} for t in study.trials) == 1
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("tune-workers-tune")
+    experiment = client.get_experiment_by_name(f"{experiment}-tune")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -427,16 +438,20 @@ def test_two_worker_processes_share_one_study_without_losing_or_repeating_trials
 
 
 @pytest.mark.slow
-def test_a_killed_workers_trial_is_requeued_with_its_parameters(tmp_path):
-    """kill -9 a worker mid-trial: the next worker fails the silent trial and reruns its point."""
+def test_a_killed_workers_trial_is_failed_and_requeued_by_a_live_worker_within_the_bound(tmp_path):
+    """kill -9 a worker mid-trial: a live worker's watchdog (not only its next trial start) fails the silent
+    trial and queues its point again within grace + 2 × heartbeat; the next trial reruns that point."""
+    from flows.study import StaleTrialWatchdog
+
+    heartbeat, grace = 1, 2
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    storage = open_storage(url, heartbeat_seconds=1, grace_seconds=2)
+    storage = open_storage(url, heartbeat_seconds=heartbeat, grace_seconds=grace)
     optuna.create_study(storage=storage, study_name="crash")
     started = tmp_path / "started"
     code = (
         "import sys, time, pathlib, optuna\n"
         "from flows.tune import open_storage\n"
-        "storage = open_storage(sys.argv[1], heartbeat_seconds=1, grace_seconds=2)\n"
+        f"storage = open_storage(sys.argv[1], heartbeat_seconds={heartbeat}, grace_seconds={grace})\n"
         "study = optuna.load_study(storage=storage, study_name='crash')\n"
         "def hang(trial):\n"
         "    trial.suggest_float('lam', 1e-3, 10, log=True)\n"
@@ -452,14 +467,101 @@ def test_a_killed_workers_trial_is_requeued_with_its_parameters(tmp_path):
             time.sleep(0.1)
         assert started.exists(), "the worker never started its trial"
     finally:
-        worker.kill()
+        worker.kill()  # SIGKILL: no cleanup runs
         worker.wait()
-    lost = optuna.load_study(storage=storage, study_name="crash").trials[0]
-    assert lost.state.name == "RUNNING"  # what a crash leaves behind
-
-    time.sleep(3)  # > grace period: the dead worker's heartbeat is stale
+    killed_at = time.monotonic()
     study = optuna.load_study(storage=storage, study_name="crash")
+    assert study.trials[0].state.name == "RUNNING"  # what a crash leaves behind
+
+    # A live worker (this process) in the middle of its own long trial: only its watchdog can notice.
+    with StaleTrialWatchdog(study, interval=heartbeat):
+        while study.trials[0].state.name == "RUNNING":
+            assert time.monotonic() - killed_at < grace + 2 * heartbeat + 3, "the dead trial was not failed in time"
+            time.sleep(0.2)
+        failed_after = time.monotonic() - killed_at
+    first, queued = study.trials
+    assert first.state.name == "FAIL" and failed_after <= grace + 2 * heartbeat + 3
+    assert queued.state.name == "WAITING" and queued.params == first.params  # its point, queued again
     study.optimize(lambda t: t.suggest_float("lam", 1e-3, 10, log=True), n_trials=1)
-    first, retry = study.trials
-    assert first.state.name == "FAIL"
+    retry = study.trials[1]
     assert retry.state.name == "COMPLETE" and retry.params == first.params
+
+
+def _children(pid: int, needle: str) -> list[int]:
+    """PIDs of the live child processes of ``pid`` whose command line contains ``needle``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid and needle in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_workers_on_a_fresh_state_do_not_race_migrations_and_a_killed_one_leaves_no_server(
+    tiny_index, tiny_prompts_file, tiny_lm_dir, tmp_path
+):
+    """Two `sift-ttft tune` workers started at once on a fresh state folder, without PREFECT_API_URL: each
+    starts Prefect's temporary server on the same new database (one migration at a time, under the start
+    lock). kill -9 of one of them mid-trial: its server goes too; the other finishes its trials."""
+    storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    open_storage(storage_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(SIFT_HOME=str(tmp_path / "fresh-state"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true")
+    flags = [
+        "tune", "--index", str(tiny_index), "--prompts", str(tiny_prompts_file), "--model", str(tiny_lm_dir),
+        "--n", "2", "--k", "8", "--max-tokens", "32", "--study", "fresh", "--storage", storage_url, "--no-tracking",
+    ]
+    code = "import sys; from flows.cli import app; sys.argv = ['sift-ttft'] + sys.argv[1:]; app()"
+    logs = [tmp_path / "victim.log", tmp_path / "survivor.log"]
+    victim, survivor = (
+        subprocess.Popen([sys.executable, "-c", code, *flags, "--trials", trials], cwd=REPO, env=env,
+                         stdout=log.open("w"), stderr=subprocess.STDOUT)
+        for log, trials in zip(logs, ("50", "2"))
+    )
+    try:
+        deadline = time.monotonic() + 240
+        servers: list[int] = []
+        storage = open_storage(storage_url, heartbeat=False)
+        while True:  # the victim's temporary server is up and a trial is running
+            servers = servers or _children(victim.pid, "uvicorn")
+            try:
+                trials = optuna.load_study(storage=storage, study_name="fresh").trials if servers else []
+            except KeyError:  # the study is not created yet
+                trials = []
+            if servers and any(t.state.name == "RUNNING" for t in trials):
+                break
+            assert victim.poll() is None, logs[0].read_text()[-3000:]
+            assert time.monotonic() < deadline, logs[0].read_text()[-3000:]
+            time.sleep(0.2)
+        victim.kill()  # kill -9: no atexit, no cleanup
+        victim.wait()
+        for _ in range(100):
+            if not any(_alive(pid) for pid in servers):
+                break
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in servers), "the killed worker's Prefect server is still running"
+        assert survivor.wait(timeout=300) == 0, logs[1].read_text()[-3000:]
+    finally:
+        for process in (victim, survivor):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = "\n".join(log.read_text() for log in logs)
+    assert "duplicate column" not in output and "Online migration" not in output
+    done = [t for t in optuna.load_study(storage=storage, study_name="fresh").trials
+            if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) >= 2  # the survivor's two trials
