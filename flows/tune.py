@@ -57,7 +57,7 @@ from flows.study import (
     study_dir,
 )
 from flows.trace import STUDY_RUN_ATTR, flow_run_tags, link_flow_run_to_mlflow
-from tracking.store import masked_url
+from tracking.store import database_url, masked_url
 from flows.tune_tracking import log_tuning, prepare_tracking_store
 
 __all__ = [
@@ -170,6 +170,7 @@ def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
             "trials": counts,
             **split,
             "parent_run_id": run_logger.run_id,
+            "mlflow_run_url": (trace or {}).get("mlflow_run_url"),
         }
         log_tuning(run_logger, study, summary, split)
 
@@ -194,14 +195,16 @@ def print_tune_summary(summary: dict[str, Any]) -> None:
     console.print(f"best λ′/α: {summary['best_params']} → objective {summary['best_value']:.4f}")
     out_dir = Path(summary["best_json"]).parent
     console.print(f"written to {summary['best_json']}", soft_wrap=True)
-    console.print(f"dashboard: optuna-dashboard {summary['storage']} --host 127.0.0.1", soft_wrap=True)
+    # The dashboard's SQLAlchemy needs the driver named (postgresql+psycopg://); a password shows as ***.
+    console.print(f"dashboard: optuna-dashboard {database_url(summary['storage'])} --host 127.0.0.1", soft_wrap=True)
     console.print(
         f"final report on the held-out prompts: sift-ttft evaluate --prompts {out_dir / 'report_prompts.jsonl'} "
         f"--params {summary['best_json']}",
         soft_wrap=True,
     )
     if summary.get("parent_run_id"):
-        console.print(f"MLflow run {summary['parent_run_id']} (one child run per trial): `sift-ttft ui`.")
+        console.print(f"MLflow run {summary['parent_run_id']} (one child run per trial): "
+                      f"{summary.get('mlflow_run_url') or '`sift-ttft ui`'}", soft_wrap=True)
 
 
 def tune_cli(config: TuneConfig) -> dict[str, Any]:

@@ -102,6 +102,35 @@ def test_empty_or_non_positive_ranges_are_clear_errors(overrides, field):
     assert field in str(err.value)
 
 
+def test_alpha_is_sampled_only_where_it_can_change_a_run():
+    """Below 1/N no prompt stops (σ ≤ 1); above sqrt((1 + λ′)/λ′) every prompt trains 0 steps (σ_1² ≥ λ′/(1 + λ′))."""
+    import numpy as np
+
+    from flows.objective import alpha_range
+    from sift.select import stop_index
+
+    n = 16
+    for lam in (1e-3, 0.1, 1.0, 10.0):
+        low, high = alpha_range(n, lam, 0.01, 1000.0)
+        assert low == pytest.approx(1 / n) and high == pytest.approx(np.sqrt((1 + lam) / lam))
+        never = np.ones(n + 1)  # the largest possible σ_j: the prompt learns nothing from any pick
+        assert stop_index(never, low) == n  # α = 1/N never stops, whatever the σ's
+        closest = np.array([1.0] + [lam / (j + lam) for j in range(1, n + 1)])  # the smallest possible σ_j²
+        assert stop_index(closest, high * 1.0001) == 0  # above the bound: 0 steps even for the smallest σ_1
+        assert stop_index(closest, high * 0.9999) >= 1  # just below it, a step is possible
+    assert alpha_range(n, 0.1, 0.1, 100.0) == pytest.approx((0.1, np.sqrt(11)))  # the defaults: 0.1 … 3.3
+    assert alpha_range(n, 0.1, 5.0, 100.0) == (5.0, 5.0)  # a range that misses the useful one: its nearest end
+    study = optuna.create_study()
+    config = TuneConfig(n=n)
+    for _ in range(30):  # every sampled α lies in the narrowed range of its trial's λ′
+        trial = study.ask()
+        point = suggest_params(trial, config)
+        if point["alpha"] is not None:
+            low, high = alpha_range(n, point["lam"], config.alpha_min, config.alpha_max)
+            assert low <= point["alpha"] <= high
+        study.tell(trial, 1.0)
+
+
 def test_cli_range_error_is_one_line_exit_2():
     from typer.testing import CliRunner
 
@@ -362,6 +391,14 @@ def test_tune_flow_logs_trials_writes_best_and_reuses_cached_work(
     experiment = client.get_experiment_by_name("tune-test-tune")
     parent = client.get_run(first["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    # Traceability: the study records this process's Prefect flow run and MLflow run; the run names the flow run.
+    from flows.trace import FLOW_RUN_ID_TAG, STUDY_RUN_ATTR
+
+    records = {k: v for k, v in study.user_attrs.items() if k.startswith(STUDY_RUN_ATTR)}
+    assert list(records) == [STUDY_RUN_ATTR + parent.data.tags[FLOW_RUN_ID_TAG]]
+    record = records[STUDY_RUN_ATTR + parent.data.tags[FLOW_RUN_ID_TAG]]
+    assert record["mlflow_run_id"] == parent.info.run_id and record["mlflow_run_url"].endswith(parent.info.run_id)
+    assert record["prefect_flow_run_url"].endswith("/runs/flow-run/" + record["prefect_flow_run_id"])
     plots = {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
     # Optuna's history and running-objective plots, its slice plot (2 complete trials), and our landscape.
     expected = {"plots/tuning_history.png", "plots/intermediate_values.png", "plots/slice.png", "plots/landscape.png"}
