@@ -483,6 +483,14 @@ def test_a_killed_workers_trial_is_failed_and_requeued_by_a_live_worker_within_t
     heartbeat, grace = 1, 2
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     storage = open_storage(url, heartbeat_seconds=heartbeat, grace_seconds=grace)
+    # The tune flow hands the stale-trial callback its MLflow trial logger: the killed trial reaches MLflow.
+    from mlflow import MlflowClient
+
+    from tracking.optuna_mlflow import MLflowTrialLogger
+    from tracking.store import get_or_create_experiment
+
+    experiment_id = get_or_create_experiment("tune-crash")
+    storage.get_heartbeat_stale_trial_callback().also.append(MLflowTrialLogger(experiment_id))
     optuna.create_study(storage=storage, study_name="crash")
     started = tmp_path / "started"
     code = (
@@ -519,6 +527,8 @@ def test_a_killed_workers_trial_is_failed_and_requeued_by_a_live_worker_within_t
     first, queued = study.trials
     assert first.state.name == "FAIL" and failed_after <= grace + 2 * heartbeat + 3
     assert queued.state.name == "WAITING" and queued.params == first.params  # its point, queued again
+    logged = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_runs([experiment_id])
+    assert [(r.data.tags["optuna.trial"], r.info.status) for r in logged] == [("0", "FAILED")]
     study.optimize(lambda t: t.suggest_float("lam", 1e-3, 10, log=True), n_trials=1)
     retry = study.trials[1]
     assert retry.state.name == "COMPLETE" and retry.params == first.params
