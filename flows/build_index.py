@@ -39,7 +39,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from sift.atomic import read_json_or_none, write_json
-from sift.env import state_dir
+from sift.env import state_dir, state_path, state_relative
 
 
 @task(name="assemble_default_corpus", cache_policy=NO_CACHE)
@@ -116,7 +116,7 @@ def build_index_in_flow(config: IndexConfig) -> dict:
         docs, documents_fingerprint, config.model, tokenizer_fingerprint(tokenizer), config.max_tokens,
         str(state_dir() / "sequences"),
     )
-    if not Path(chunks["path"]).is_file():  # a cached result whose file was deleted: redo it
+    if not state_path(chunks["path"]).is_file():  # a cached result whose file was deleted: redo it
         chunks = cached(chunk_corpus, refresh_cache=True)(
             docs, documents_fingerprint, config.model, tokenizer_fingerprint(tokenizer), config.max_tokens,
             str(state_dir() / "sequences"),
@@ -136,10 +136,16 @@ def build_index_in_flow(config: IndexConfig) -> dict:
         manifest = _build(config, chunks, embedder, build_key, documents_fingerprint, report, out, shard_states,
                           protect=paths)
     if not config.corpus:
-        write_json(default_index_pointer(), {"path": str(out), "fingerprint": manifest["fingerprint"]})
+        record_default_index(out, manifest["fingerprint"])
     logger.info("index %s: %s (%d sequences)", "reused" if reused else "built", out, manifest["count"])
     return {"path": str(out), "fingerprint": manifest["fingerprint"], "count": int(manifest["count"]), "reused": reused,
             "shards": shard_states}
+
+
+def record_default_index(index_dir: Path, fingerprint: str) -> None:
+    """Record ``index_dir`` as ``evaluate``'s default (``<state>/indices/default.json``), relative to the
+    state folder when the index is inside it: a moved or copied state folder keeps its default index."""
+    write_json(default_index_pointer(), {"path": state_relative(index_dir), "fingerprint": fingerprint})
 
 
 def _build(config: IndexConfig, chunks: dict, embedder, build_key: str, documents_fingerprint: str, report, out: Path,
@@ -155,8 +161,8 @@ def _build(config: IndexConfig, chunks: dict, embedder, build_key: str, document
 
     def submit(start: int, end: int, task_to_run=task_obj):
         return task_to_run.submit(
-            chunks["path"], chunks["fingerprint"], config.embedder, embedder.id, start, end, config.batch_size,
-            str(shard_dir),
+            str(state_path(chunks["path"])), chunks["fingerprint"], config.embedder, embedder.id, start, end,
+            config.batch_size, str(shard_dir),
         )
 
     futures = [submit(a, b) for a, b in ranges]
@@ -180,5 +186,5 @@ def _build(config: IndexConfig, chunks: dict, embedder, build_key: str, document
         "index_type_requested": config.index_type,
         "load_report": report.to_json(),
     }
-    return save_index_task(str(out), chunks["path"], [s["path"] for s in shards], config.index_type, manifest,
+    return save_index_task(str(out), str(state_path(chunks["path"])), [str(state_path(s["path"])) for s in shards], config.index_type, manifest,
                            force=config.force, protect=[str(p) for p in protect])

@@ -146,9 +146,12 @@ def config_command(
 
 
 def _run_flow(flow_fn, config) -> Any:
-    """Run a flow with the task runner the config names (thread or Dask)."""
+    """Run a flow with the task runner the config names (thread or Dask), on Prefect's temporary server
+    started safely when no PREFECT_API_URL is set (``flows.prefect_server``)."""
+    from flows.prefect_server import start_temporary_server
     from flows.runners import make_task_runner
 
+    start_temporary_server()
     return flow_fn.with_options(task_runner=make_task_runner(config))(config=config)
 
 

@@ -187,7 +187,10 @@ class TuneConfig(EvaluateConfig):
         20, ge=1, description="Trials this process runs (workers sharing a study each run theirs: 2 × 5 → 10)."
     )
     study: str = Field("sift-ttft", description="Optuna study name; an existing study resumes.")
-    storage: Optional[str] = Field(None, description="Optuna RDB URL; default: sqlite in the state folder.")
+    storage: Optional[str] = Field(
+        None, description="Optuna RDB URL (sqlite:////abs/optuna.db, postgresql://user@host/db with the `postgres` "
+                          "extra); default: $SIFT_OPTUNA_STORAGE, else sqlite in the state folder."
+    )
     objective: Literal["bpb", "bpb+compute"] = Field("bpb", description="Minimise bits per byte, or bpb + W × mean steps. "
                                                      "With --budget every trial spends the same steps, so both minimise "
                                                      "the bits per byte that budget buys; λ′ and sigma's γ are searched.")

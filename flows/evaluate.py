@@ -246,6 +246,7 @@ def evaluate(config: EvaluateConfig = EvaluateConfig()) -> dict:
 
 def evaluate_in_flow(config: EvaluateConfig) -> dict:
     """The ``evaluate`` flow's body, callable from another flow (``demo``) without a subflow."""
+    from flows.trace import flow_run_tags, link_flow_run_to_mlflow
     from tracking.inputs import evaluation_inputs
     from tracking.log import tracking_run
 
@@ -257,7 +258,9 @@ def evaluate_in_flow(config: EvaluateConfig) -> dict:
               "index_path": str(index_dir), "prompts_count": len(prompts),
               "model_fingerprint": model_fingerprint_of(config.model)}
     with tracking_run(config, experiment=config.experiment, run_name="evaluate", enabled=config.tracking,
-                      params=params, datasets=evaluation_inputs(manifest, index_dir, prompts, config.prompts)) as tracker:
+                      params=params, datasets=evaluation_inputs(manifest, index_dir, prompts, config.prompts),
+                      tags=flow_run_tags()) as tracker:
+        trace = link_flow_run_to_mlflow(tracker) or {}  # the flow run's link artifact to this MLflow run
         rows = run_evaluation(config, prompts, tracker.log_result, stats=stats)
         summary = summarize_task(rows, tracker, config)
     leak_warning = warn_prompts_found_under_other_ids(prompts, rows, index_dir)
@@ -267,7 +270,7 @@ def evaluate_in_flow(config: EvaluateConfig) -> dict:
         write_jsonl(Path(config.out).expanduser(), rows)
     get_run_logger().info("task states: %s", dict(stats))
     return {"summary": summary, "rows": rows, "stats": dict(stats), "mlflow_run_id": tracker.run_id,
-            "leak_warning": leak_warning}
+            "mlflow_run_url": trace.get("mlflow_run_url"), "leak_warning": leak_warning}
 
 
 # ----------------------------------------------------------------------------------------- output
@@ -336,4 +339,8 @@ def print_summary(result: dict) -> None:
     console.print(f"{len(result['rows'])} (prompt, method) results; {cached} of {sum(stats.values())} tasks "
                   "reused from the cache.")
     if result.get("mlflow_run_id"):
-        console.print(f"MLflow run {result['mlflow_run_id']}: browse it with `sift-ttft ui`.")
+        from flows.trace import LOCAL_UI_URL
+
+        url = result.get("mlflow_run_url") or ""  # a tracking server's page, or the local store's on `sift-ttft ui`
+        where = url if url and not url.startswith(LOCAL_UI_URL) else "browse it with `sift-ttft ui`"
+        console.print(f"MLflow run {result['mlflow_run_id']}: {where}", soft_wrap=True)

@@ -4,12 +4,18 @@ Choices (each one the simplest that keeps the study honest):
 
 - **Search space.** ``lam`` is log-uniform on [lam_min, lam_max]. Adaptive stopping is a categorical
   ``stopping`` ∈ {"adaptive", "never"}; only for "adaptive" is ``alpha`` sampled, log-uniform on
-  [alpha_min, alpha_max]. The library trains on the first t picks with σ_j ≤ 1/(α·j) for all
-  j ≤ t, so α > 1/σ_1 trains on nothing, 1/(2σ_2) < α ≤ 1/σ_1 stops after one step, and only
-  α ≤ min_j 1/(j·σ_j) (≈ 1/(N·σ_N)) never stops: a bound that depends on corpus and prompt. With
-  unit-norm embeddings σ_j ≤ 1, so the default range 0.1 … 100 spans "stop at once" to "rarely
-  stops", and the categorical "never" names the last corner exactly instead of hoping the low end
-  of the α range reaches it.
+  ``alpha_range(N, λ′)`` ∩ [alpha_min, alpha_max]: only where α can change a run. The library trains
+  on the first t picks with σ_j ≤ 1/(α·j) for all j ≤ t (``sift.select.stop_index``). With unit-norm
+  embeddings (the embedder normalises) the prior variance of a prompt is 1 and falls with each pick
+  of noise λ′, so 1 ≥ σ_j² ≥ λ′/(j + λ′) (j picks of the prompt itself reduce it most). Hence
+  - α ≤ 1/N never stops (j·σ_j ≤ N for every j ≤ N): the same as ``stopping = never``, which names
+    that corner exactly, so α is not sampled below 1/N;
+  - α > 1/σ_1 trains on nothing, and σ_1 ≥ sqrt(λ′/(1 + λ′)), so α > sqrt((1 + λ′)/λ′) trains 0 steps
+    on every prompt, whatever the corpus: α is not sampled above that either (at λ′ = 0.1 that is
+    3.3, where the old fixed range ran to 100 and spent trials on zero-step runs).
+  Zero steps stays a real candidate below that bound, on prompts whose σ_1 is large. The range
+  depends on the trial's λ′, so each trial's α distribution is narrowed from the study's stored
+  [alpha_min, alpha_max] (Optuna allows a float parameter's range to vary between trials).
 - **Objective** (single, minimised): ``bpb`` = mean bits per byte after fine-tuning over the tuning
   split; ``bpb+compute`` = that + W × mean steps (W = ``compute_weight`` bits per byte per step).
 - **A fixed budget** (``--budget STEPS``, ``sift.budget``): every trial spends the same total steps
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import math
 from typing import Callable, Optional
 
 import optuna
@@ -72,15 +79,33 @@ def search_space(config: TuneConfig) -> dict[str, optuna.distributions.BaseDistr
     }
 
 
+def alpha_range(n: int, lam: float, alpha_min: float, alpha_max: float) -> tuple[float, float]:
+    """Where α can change a run of N = ``n`` picks at noise λ′ = ``lam``, within [alpha_min, alpha_max].
+
+    ``(max(alpha_min, 1/N), min(alpha_max, sqrt((1 + λ′)/λ′)))``: below 1/N no prompt ever stops, above
+    sqrt((1 + λ′)/λ′) every prompt trains 0 steps (the derivation is in the module docstring). When the
+    configured range lies wholly outside, the nearest end of it is returned as a single point.
+    """
+    low = max(alpha_min, 1.0 / n)
+    high = min(alpha_max, math.sqrt((1.0 + lam) / lam))
+    if low > high:  # the configured range misses the useful one: its end nearest to it
+        low = high = alpha_max if alpha_max < low else alpha_min
+    return low, high
+
+
 def suggest_params(trial: optuna.Trial, config: TuneConfig) -> dict[str, Optional[float]]:
     """Sample one point; returns ``{"lam": λ′, "alpha": α or None}`` (the ``--params`` format)."""
-    # Must match search_space(), which is what the study stores and compares on resume.
+    # Must match search_space(), which is what the study stores and compares on resume (α's range is
+    # narrowed per trial by alpha_range, inside the stored one).
     lam = trial.suggest_float("lam", config.lam_min, config.lam_max, log=True)
     if config.budget is not None:  # the budget decides where prompts stop: λ′ and the policy's γ
         gamma = trial.suggest_float("gamma", 0.0, config.gamma_max) if config.allocate == "sigma" else None
         return {"lam": float(lam), "alpha": None, **({} if gamma is None else {"gamma": float(gamma)})}
     stopping = trial.suggest_categorical("stopping", STOPPING_CHOICES)
-    alpha = trial.suggest_float("alpha", config.alpha_min, config.alpha_max, log=True) if stopping == "adaptive" else None
+    alpha = None
+    if stopping == "adaptive":
+        low, high = alpha_range(config.n, lam, config.alpha_min, config.alpha_max)
+        alpha = trial.suggest_float("alpha", low, high, log=True)
     return {"lam": float(lam), "alpha": None if alpha is None else float(alpha)}
 
 

@@ -18,12 +18,13 @@ themselves are ``sift.inputs`` (pure; what each costs is written there).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from flows.config import DemoConfig, EvaluateConfig, IndexConfig, TuneConfig
-from sift.env import state_dir
+from sift.env import state_dir, state_path
 from sift.inputs import (
     InputError,
     check_corpus,
@@ -106,7 +107,7 @@ def resolve_index(config: EvaluateConfig) -> Path:
         return Path(config.index).expanduser().resolve()
     pointer = default_index_pointer()
     try:
-        return Path(json.loads(pointer.read_text())["path"])
+        return state_path(json.loads(pointer.read_text())["path"])  # relative: inside this state folder
     except FileNotFoundError:
         raise InputError("no --index given and none built yet: run `sift-ttft demo` or `sift-ttft index`, "
                          "or pass --index") from None
@@ -162,8 +163,22 @@ class EvaluationInputs:
     manifest: dict
 
 
+def check_tracking(config: EvaluateConfig) -> None:
+    """With tracking on, the MLflow store must be usable: an unreachable tracking server is one line
+    within a few seconds (``tracking.store.check_reachable``, 5 s), not a failure after the model loaded."""
+    if not config.tracking:
+        return
+    from tracking.store import TrackingUnreachable, check_reachable  # stdlib only: keeps this module light
+
+    try:
+        check_reachable(timeout=5.0)
+    except (TrackingUnreachable, ValueError) as err:
+        raise InputError(f"MLFLOW_TRACKING_URI: {err}") from None
+
+
 def _check_evaluation_inputs(config: EvaluateConfig) -> EvaluationInputs:
-    """Prompts, index and model of an evaluation; returns what was read."""
+    """Prompts, index and model of an evaluation, and the tracking store; returns what was read."""
+    check_tracking(config)
     prompts = load_prompts(config)
     index_dir = resolve_index(config)
     manifest = check_index_folder(index_dir)
@@ -201,27 +216,34 @@ def preflight_tune(config: TuneConfig) -> None:
 
     if config.method != ["sift"]:
         raise InputError(f"--method: tune evaluates --method sift only (λ′ and α are SIFT's), got {config.method}")
-    if config.storage is not None:  # an unparseable URL first, before reading anything (writes nothing)
+    from flows.study import STORAGE_ENV
+
+    explicit = config.storage or os.environ.get(STORAGE_ENV, "").strip() or None  # flows.study.storage_url
+    flag = "--storage" if config.storage else STORAGE_ENV
+    if explicit is not None:  # an unparseable URL first, before reading anything (writes nothing)
         from sqlalchemy.engine import make_url
 
+        from tracking.store import database_url
+
         try:
-            make_url(config.storage)
+            make_url(explicit)
+            database_url(explicit)  # a PostgreSQL URL without its driver: say how to install it
         except Exception:
             try:
-                open_storage(config.storage, heartbeat=False)  # raises its one-line message
+                open_storage(explicit, heartbeat=False)  # raises its one-line message
             except ValueError as err:
-                raise InputError(f"--storage: {err}") from None
+                raise InputError(f"{flag}: {err}") from None
     inputs = _check_evaluation_inputs(config)
     prompts, manifest = inputs.prompts, inputs.manifest
     _check_out_file(config.out)
     # Opening a storage creates it: only once every input passed, and the default one only if it exists.
     storage = None
     default_db = state_dir() / "optuna" / "optuna.db"  # flows.study.default_storage_url
-    if config.storage is not None or default_db.is_file():
+    if explicit is not None or default_db.is_file():
         try:
-            storage = open_storage(config.storage or f"sqlite:///{default_db}", heartbeat=False)
+            storage = open_storage(explicit or f"sqlite:///{default_db}", heartbeat=False)
         except ValueError as err:
-            raise InputError(f"--storage: {err}") from None
+            raise InputError(f"{flag}: {err}") from None
     if storage is not None:
         tune_prompts, _ = split_prompts(limit_prompts(prompts, config.limit), config.tune_fraction, config.seed)
         try:
@@ -233,6 +255,7 @@ def preflight_tune(config: TuneConfig) -> None:
 def preflight_demo(config: DemoConfig) -> None:
     """``sift-ttft demo``: the model (or the bundled default's package), the bundled embedder, and
     ``--prompts`` when given; the demo builds its own corpus and index."""
+    check_tracking(config)
     check_model(config.model)
     check_embedder(None)
     if config.prompts is not None:

@@ -8,7 +8,8 @@
   its own model once, so tasks never share weights); with ``dask_address`` it connects to an
   existing scheduler (``tcp://host:8786``), e.g. one started by ``dask scheduler`` / dask-jobqueue /
   dask-kubernetes. Workers must see the same state folder (``SIFT_HOME``) path as the flow: the
-  cached results and embedding shards are files there.
+  cached results and embedding shards are files there. The LocalCluster serves Dask's dashboard (and
+  prefect-dask prints its link) only where bokeh is installed (the ``dashboard`` extra).
 """
 
 from __future__ import annotations
@@ -39,10 +40,19 @@ def make_task_runner(config: RunnerConfig) -> "TaskRunner":
                 "n_workers": config.dask_workers,
                 "threads_per_worker": 1,  # one task per worker process at a time: torch uses the cores
                 "processes": True,
-                "dashboard_address": "127.0.0.1:0",  # any free loopback port: never collides, never public
+                # Any free loopback port (never collides, never public); only with bokeh, which the page needs
+                # (`pip install 'sift-ttft[dashboard]'`): without it no dashboard, and no link to an empty page.
+                "dashboard_address": "127.0.0.1:0" if has_bokeh() else None,
             },
         )
     raise ValueError(f"task_runner={config.task_runner!r} is not one of 'thread', 'dask'")
+
+
+def has_bokeh() -> bool:
+    """Whether the Dask dashboard can be served (distributed's dashboard pages are bokeh apps)."""
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
 
 
 def share_api_with_workers() -> None:
@@ -62,11 +72,9 @@ def share_api_with_workers() -> None:
         return
     url = PREFECT_API_URL.value()  # set by a profile or temporary settings, not by the environment
     if not url:
-        from prefect.server.api.server import SubprocessASGIServer
+        from flows.prefect_server import start_temporary_server
 
-        server = SubprocessASGIServer()  # the instance Prefect's ephemeral client uses in this process
-        server.start()
-        url = server.api_url
+        url = start_temporary_server()  # the instance Prefect's ephemeral client uses in this process
     os.environ["PREFECT_API_URL"] = url
 
 

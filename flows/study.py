@@ -1,8 +1,10 @@
 """Where a tuning study lives and what it is: Optuna storage, opening a study, the definition guard.
 
-- **Storage.** sqlite in ``<state>/optuna/optuna.db`` by default, any Optuna RDB URL otherwise. On
-  sqlite every transaction takes the write lock at BEGIN, so parallel workers cannot claim the same
-  queued trial (see ``_serialise_sqlite_transactions``).
+- **Storage.** ``--storage``, else ``$SIFT_OPTUNA_STORAGE``, else sqlite in ``<state>/optuna/optuna.db``
+  (``storage_url``); any Optuna RDB URL, a plain ``postgresql://`` mapped to the installed driver
+  (``tracking.store.database_url``: psycopg 3 from the ``postgres`` extra). On sqlite every
+  transaction takes the write lock at BEGIN, so parallel workers cannot claim the same queued trial
+  (see ``_serialise_sqlite_transactions``).
 - **Definition.** A study's definition (search space, objective, evaluation settings, index
   fingerprint, tuning prompts) is stored in its user attributes; resuming a name with a different
   definition is refused before anything is written (``open_study``, ``check_existing_study``).
@@ -10,14 +12,21 @@
   Optuna's ``n_trials``): two workers with ``--trials 5`` on one study add 10 trials. This count is
   exact with no race between workers; a fixed study-wide total would need a lock Optuna does not
   have. Trials of a crashed worker are detected by the storage heartbeat, marked FAIL and re-queued
-  once (``RetryHeartbeatStaleTrialCallback``), so no trial is silently lost.
+  once (``RetryHeartbeatStaleTrialCallback``), so no trial is silently lost. **Bound:** a running
+  trial writes a heartbeat every ``HEARTBEAT_SECONDS`` (10 s); every live worker checks the study for
+  trials silent longer than ``GRACE_SECONDS`` (60 s) every ``HEARTBEAT_SECONDS`` (``StaleTrialWatchdog``),
+  not only when it starts its next trial as Optuna does; so a dead worker's trial is FAIL and its
+  parameters are queued again at most ``GRACE_SECONDS + 2 × HEARTBEAT_SECONDS`` (80 s) after the worker
+  died, while any worker of the study lives (else when the next one starts).
 - **Pruner.** ``MedianPruner`` with 5 start-up trials, judging from the second prompt (step 1) on.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +38,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from flows.config import TuneConfig
 from flows.objective import search_space
 from sift.env import state_dir
+from tracking.store import database_url, masked_url
 from sift.settings import BudgetSettings, TTFTConfig
 
 STUDY_DEFINITION_ATTR = "sift_ttft.definition"
@@ -37,9 +47,13 @@ STUDY_DEFINITION_ATTR = "sift_ttft.definition"
 # and γ, and the model.
 _DEFINING_SETTINGS = tuple(name for name in (*TTFTConfig.model_fields, *BudgetSettings.model_fields)
                            if name not in ("lam", "alpha", "gamma")) + ("model",)
-# A crashed worker's RUNNING trial is failed (and retried once) after this long without a heartbeat.
-HEARTBEAT_SECONDS = 30
-GRACE_SECONDS = 120
+# A crashed worker's RUNNING trial is failed (and retried once) after GRACE_SECONDS without a heartbeat;
+# live workers write one every HEARTBEAT_SECONDS and look for silent trials as often (see the bound above).
+# The grace is 6 heartbeats: a worker whose 2 cores are busy fine-tuning still gets its beat in.
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 60
+# `--storage` left out: this variable, then the state folder's sqlite file.
+STORAGE_ENV = "SIFT_OPTUNA_STORAGE"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,6 +70,12 @@ def optuna_dir() -> Path:
 def default_storage_url() -> str:
     """``sqlite:////<state>/optuna/optuna.db`` (absolute path: four slashes)."""
     return f"sqlite:///{optuna_dir() / 'optuna.db'}"
+
+
+def storage_url(explicit: Optional[str] = None) -> str:
+    """The Optuna storage a command uses: ``explicit`` (``--storage``), else ``$SIFT_OPTUNA_STORAGE``,
+    else ``default_storage_url()``; as written (``open_storage`` maps the driver)."""
+    return explicit or os.environ.get(STORAGE_ENV, "").strip() or default_storage_url()
 
 
 def study_dir(study_name: str) -> Path:
@@ -81,7 +101,12 @@ def open_storage(
     naming ``storage`` when the URL cannot be parsed, its driver is missing, or the database cannot
     be opened.
     """
-    url = url or default_storage_url()
+    url = url or storage_url()
+    shown = masked_url(url)  # never a password in a message
+    try:
+        driver_url = database_url(url)  # postgresql:// → postgresql+psycopg:// (the installed driver)
+    except ValueError as err:
+        raise ValueError(f"storage {shown!r} cannot be opened ({err})") from None
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     extra: dict[str, Any] = {}
     if heartbeat:
@@ -94,14 +119,14 @@ def open_storage(
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; we rely on them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+                storage = RDBStorage(driver_url, engine_kwargs=engine_kwargs, **extra)
             break
         except Exception as exc:  # sqlalchemy's ArgumentError/OperationalError, ImportError for a driver
-            if "already exists" in str(exc) and attempt < 2:
+            if ("already exists" in str(exc) or "duplicate key" in str(exc)) and attempt < 2:
                 continue  # two workers created the tables of a new sqlite file at once: the loser retries
             cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(
-                f"storage {url!r} cannot be opened ({cause}); give an Optuna RDB URL such as "
+                f"storage {shown!r} cannot be opened ({cause.replace(url, shown)}); give an Optuna RDB URL such as "
                 f"sqlite:////absolute/path/optuna.db (four slashes) or postgresql://user@host/db"
             ) from None
     if storage.engine.name == "sqlite":
@@ -109,10 +134,60 @@ def open_storage(
     return storage
 
 
-def _retry_stale_trials() -> RetryHeartbeatStaleTrialCallback:
-    with warnings.catch_warnings():  # "experimental" since Optuna 2.8; the replacement of the deprecated one
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=1)
+class StaleTrialCallback:
+    """What happens to a trial whose worker died: FAIL (Optuna), re-queued once with the same parameters
+    (``RetryHeartbeatStaleTrialCallback``), then every callback in ``also`` (the tune flow adds its
+    MLflow trial logger, so the killed trial reaches MLflow as a FAILED run)."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8; the replacement of the deprecated one
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+        self.also: list = []
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.retry(study, trial)
+        for callback in list(self.also):
+            callback(study, trial)
+
+
+def _retry_stale_trials() -> StaleTrialCallback:
+    return StaleTrialCallback()
+
+
+class StaleTrialWatchdog:
+    """A daemon thread that fails (and re-queues) a study's stale trials every ``interval`` seconds.
+
+    Why: Optuna looks for stale trials only when a worker starts a trial, so a trial of a dead worker
+    stays RUNNING until some live worker finishes the trial it is on (minutes). Use as a context
+    manager around ``study.optimize``; a check that fails (database briefly away) is retried next time.
+    """
+
+    def __init__(self, study: optuna.Study, interval: float = HEARTBEAT_SECONDS) -> None:
+        self.study, self.interval = study, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="optuna-stale-trials", daemon=True)
+
+    def check(self) -> None:
+        """Fail the stale trials now (Optuna's own check, which also runs the stale-trial callback)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 — a busy or briefly unreachable database: try again next time
+                pass
+
+    def __enter__(self) -> "StaleTrialWatchdog":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 30)
 
 
 def _serialise_sqlite_transactions(engine) -> None:

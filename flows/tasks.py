@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from sift.env import set_default_env, state_dir
+from sift.env import set_default_env, state_dir, state_path, state_relative
 from sift.jsonable import to_jsonable
 
 set_default_env()  # before Prefect reads its settings: PREFECT_HOME in the state folder, telemetry off
@@ -228,7 +228,8 @@ def chunk_corpus(
     """Cut documents into sequences of ≤ ``max_tokens`` tokens and save them as parquet.
 
     Cached on (documents' fingerprint, tokenizer fingerprint, max_tokens). Returns
-    ``{"path", "fingerprint", "count"}`` with the sequences' own content fingerprint.
+    ``{"path", "fingerprint", "count"}`` with the sequences' own content fingerprint; ``path`` is relative to
+    the state folder (``sift.env.state_relative``; ``state_path`` resolves it), so a moved state keeps it.
     """
     from sift.corpus import chunk_documents, fingerprint_dataset
 
@@ -239,7 +240,7 @@ def chunk_corpus(
     tmp = out.with_name(f".sequences.{os.getpid()}.tmp")
     sequences.to_parquet(str(tmp))
     os.replace(tmp, out)
-    return {"path": str(out), "fingerprint": fingerprint, "count": len(sequences)}
+    return {"path": state_relative(out), "fingerprint": fingerprint, "count": len(sequences)}
 
 
 @task(
@@ -273,12 +274,12 @@ def embed_shard(
     if emb.id != embedder_id:
         raise ValueError(f"embedder {embedder!r} now has id {emb.id}, expected {embedder_id}: rerun the flow")
     path = locked_call(embed_shard_to_disk, emb, list(texts), out_dir, index=start)
-    return {"path": str(path), "rows": end - start, "dim": emb.dim}
+    return {"path": state_relative(path), "rows": end - start, "dim": emb.dim}
 
 
 def shard_is_intact(shard: dict) -> bool:
     """Whether an embedding shard's file still exists with the shape its cached result recorded."""
-    path = Path(shard["path"])
+    path = state_path(shard["path"])
     if not path.is_file():
         return False
     try:

@@ -43,16 +43,21 @@ from flows.objective import (
 from flows.study import (
     GRACE_SECONDS,
     HEARTBEAT_SECONDS,
+    STORAGE_ENV,
     STUDY_DEFINITION_ATTR,
+    StaleTrialWatchdog,
     check_existing_study,
     default_storage_url,
     index_fingerprint_of,
     open_storage,
     open_study,
     optuna_dir,
+    storage_url,
     study_definition,
     study_dir,
 )
+from flows.trace import STUDY_RUN_ATTR, flow_run_tags, link_flow_run_to_mlflow
+from tracking.store import database_url, masked_url
 from flows.tune_tracking import log_tuning, prepare_tracking_store
 
 __all__ = [
@@ -60,6 +65,7 @@ __all__ = [
     "tune", "tune_cli", "preflight_tune", "print_tune_summary",
     # flows.study
     "STUDY_DEFINITION_ATTR", "HEARTBEAT_SECONDS", "GRACE_SECONDS", "optuna_dir", "default_storage_url", "study_dir",
+    "STORAGE_ENV", "storage_url", "StaleTrialWatchdog",
     "open_storage", "study_definition", "index_fingerprint_of", "open_study", "check_existing_study",
     # flows.objective
     "STOPPING_CHOICES", "search_space", "suggest_params", "params_of", "best_params", "split_prompts",
@@ -97,8 +103,9 @@ def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
 
     preflight_tune(config)  # first: a deployment does not pass through the CLI
     logger = get_run_logger()
-    storage_url = config.storage or default_storage_url()
-    storage = open_storage(storage_url)  # fail fast, before loading prompts or models
+    url = storage_url(config.storage)  # --storage, else $SIFT_OPTUNA_STORAGE, else the state folder's sqlite
+    shown_url = masked_url(url)
+    storage = open_storage(url)  # fail fast, before loading prompts or models
     if config.tracking:
         prepare_tracking_store()  # fail fast too, before a study is created
 
@@ -125,19 +132,25 @@ def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
         experiment=f"{config.experiment}-tune",
         run_name=f"tune {config.study}",
         enabled=config.tracking,
-        params={"storage": storage_url, "tune_prompts": len(tune_prompts), "report_prompts": len(report_prompts)},
-        tags={"sift_ttft.flow": "tune", "optuna.study": config.study},
+        params={"storage": shown_url, "tune_prompts": len(tune_prompts), "report_prompts": len(report_prompts)},
+        tags={"sift_ttft.flow": "tune", "optuna.study": config.study, **flow_run_tags()},
     ) as run_logger:
         callbacks = []
         if run_logger.enabled:
             callbacks.append(MLflowTrialLogger(run_logger.experiment_id, run_logger.run_id, run_logger.tracking_uri))
+            # A trial whose worker died is failed by whichever worker notices: it reaches MLflow from there.
+            storage.get_heartbeat_stale_trial_callback().also.append(callbacks[-1])
+        trace = link_flow_run_to_mlflow(run_logger)
+        if trace:  # the study records which flow run and MLflow run this process was
+            study.set_user_attr(STUDY_RUN_ATTR + trace["prefect_flow_run_id"], trace)
         logger.info(
             "study %r in %s: %d trials in this process (%d tuning prompts, %d held out for the report)",
-            config.study, storage_url, config.trials, len(tune_prompts), len(report_prompts),
+            config.study, shown_url, config.trials, len(tune_prompts), len(report_prompts),
         )
-        study.optimize(
-            make_objective(config, tune_prompts), n_trials=config.trials, n_jobs=config.jobs, callbacks=callbacks
-        )
+        with StaleTrialWatchdog(study):  # dead workers' trials are failed and re-queued within the bound
+            study.optimize(
+                make_objective(config, tune_prompts), n_trials=config.trials, n_jobs=config.jobs, callbacks=callbacks
+            )
 
         best = best_params(study)
         best_value = study.best_value if best is not None else math.nan
@@ -151,7 +164,7 @@ def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         summary = {
             "study": config.study,
-            "storage": storage_url,
+            "storage": shown_url,
             "objective": config.objective,
             "best_params": best,
             "best_value": best_value,
@@ -159,6 +172,7 @@ def tune(config: TuneConfig = TuneConfig()) -> dict[str, Any]:
             "trials": counts,
             **split,
             "parent_run_id": run_logger.run_id,
+            "mlflow_run_url": (trace or {}).get("mlflow_run_url"),
         }
         log_tuning(run_logger, study, summary, split)
 
@@ -183,19 +197,23 @@ def print_tune_summary(summary: dict[str, Any]) -> None:
     console.print(f"best λ′/α: {summary['best_params']} → objective {summary['best_value']:.4f}")
     out_dir = Path(summary["best_json"]).parent
     console.print(f"written to {summary['best_json']}", soft_wrap=True)
-    console.print(f"dashboard: optuna-dashboard {summary['storage']} --host 127.0.0.1", soft_wrap=True)
+    # The dashboard's SQLAlchemy needs the driver named (postgresql+psycopg://); a password shows as ***.
+    console.print(f"dashboard: optuna-dashboard {database_url(summary['storage'])} --host 127.0.0.1", soft_wrap=True)
     console.print(
         f"final report on the held-out prompts: sift-ttft evaluate --prompts {out_dir / 'report_prompts.jsonl'} "
         f"--params {summary['best_json']}",
         soft_wrap=True,
     )
     if summary.get("parent_run_id"):
-        console.print(f"MLflow run {summary['parent_run_id']} (one child run per trial): `sift-ttft ui`.")
+        console.print(f"MLflow run {summary['parent_run_id']} (one child run per trial): "
+                      f"{summary.get('mlflow_run_url') or '`sift-ttft ui`'}", soft_wrap=True)
 
 
 def tune_cli(config: TuneConfig) -> dict[str, Any]:
     """``sift-ttft tune`` after its preflight: run the flow with the configured task runner (the flow
     checks its input again first, ``preflight_tune``)."""
+    from flows.prefect_server import start_temporary_server
     from flows.runners import make_task_runner
 
+    start_temporary_server()  # under a lock (no migration race between workers), dies with this process
     return tune.with_options(task_runner=make_task_runner(config))(config=config)

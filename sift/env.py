@@ -24,6 +24,23 @@ def state_dir(create: bool = True) -> Path:
     return path
 
 
+def state_relative(path: str | Path) -> str:
+    """``path`` as the program records it in its own files (index pointer, cached task results): relative
+    to the state folder when it lies inside it, else absolute. Why: a moved or copied state folder then
+    still finds its own files (``state_path`` re-resolves them under the state folder of the moment)."""
+    path = Path(path).expanduser().resolve()
+    try:
+        return path.relative_to(state_dir()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def state_path(recorded: str | Path) -> Path:
+    """A path recorded by ``state_relative``: relative ones are under the current state folder."""
+    path = Path(recorded).expanduser()
+    return path if path.is_absolute() else state_dir() / path
+
+
 def set_default_env() -> None:
     """Set telemetry-off, hub-offline and state-folder variables unless the user already set them.
 

@@ -238,3 +238,15 @@ def tiny_index_dir(prefect_server, tmp_path_factory, tiny_corpus_file, tiny_enco
         build_index(IndexConfig(corpus=[str(tiny_corpus_file)], embedder=str(tiny_encoder_dir), model=str(tiny_lm_dir),
                                 max_tokens=8, shard_size=8, out=root / "index"))
     return root / "index"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on a free loopback port for the session (``tests/pg.py``), stopped afterwards."""
+    from pg import start_postgres  # tests/pg.py (rootdir-relative import, as flow_helpers)
+
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -448,3 +448,29 @@ def test_suffixes_equal_the_loaders():
 
     assert sift.inputs.TEXT_SUFFIXES == sift.corpus.TEXT_SUFFIXES
     assert sift.inputs.TABLE_SUFFIXES == sift.corpus.TABLE_SUFFIXES
+
+
+@pytest.mark.parametrize("command", ["evaluate", "tune", "demo"])
+def test_an_unreachable_tracking_server_is_refused_in_seconds_before_anything_loads(command, fresh_home, tmp_path,
+                                                                                   index_dir, tiny_prompts_file,
+                                                                                   tiny_lm_dir, monkeypatch):
+    """MLFLOW_TRACKING_URI naming a server nobody answers: one error line within a few seconds, before a
+    model loads or Prefect starts (the flows used to find out only after the model had loaded)."""
+    import socket
+    import time
+
+    from flows.cli import app
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    args = _eval_args(index_dir, tiny_prompts_file, tiny_lm_dir, command=command)
+    args = ["demo", "--model", str(tiny_lm_dir)] if command == "demo" else [a for a in args if a != "--no-tracking"]
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: MLFLOW_TRACKING_URI") and "not reachable" in lines[0], lines[0]
+    assert time.perf_counter() - started < 10
+    assert not fresh_home.exists() or not any(fresh_home.iterdir())

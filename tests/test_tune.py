@@ -102,6 +102,35 @@ def test_empty_or_non_positive_ranges_are_clear_errors(overrides, field):
     assert field in str(err.value)
 
 
+def test_alpha_is_sampled_only_where_it_can_change_a_run():
+    """Below 1/N no prompt stops (σ ≤ 1); above sqrt((1 + λ′)/λ′) every prompt trains 0 steps (σ_1² ≥ λ′/(1 + λ′))."""
+    import numpy as np
+
+    from flows.objective import alpha_range
+    from sift.select import stop_index
+
+    n = 16
+    for lam in (1e-3, 0.1, 1.0, 10.0):
+        low, high = alpha_range(n, lam, 0.01, 1000.0)
+        assert low == pytest.approx(1 / n) and high == pytest.approx(np.sqrt((1 + lam) / lam))
+        never = np.ones(n + 1)  # the largest possible σ_j: the prompt learns nothing from any pick
+        assert stop_index(never, low) == n  # α = 1/N never stops, whatever the σ's
+        closest = np.array([1.0] + [lam / (j + lam) for j in range(1, n + 1)])  # the smallest possible σ_j²
+        assert stop_index(closest, high * 1.0001) == 0  # above the bound: 0 steps even for the smallest σ_1
+        assert stop_index(closest, high * 0.9999) >= 1  # just below it, a step is possible
+    assert alpha_range(n, 0.1, 0.1, 100.0) == pytest.approx((0.1, np.sqrt(11)))  # the defaults: 0.1 … 3.3
+    assert alpha_range(n, 0.1, 5.0, 100.0) == (5.0, 5.0)  # a range that misses the useful one: its nearest end
+    study = optuna.create_study()
+    config = TuneConfig(n=n)
+    for _ in range(30):  # every sampled α lies in the narrowed range of its trial's λ′
+        trial = study.ask()
+        point = suggest_params(trial, config)
+        if point["alpha"] is not None:
+            low, high = alpha_range(n, point["lam"], config.alpha_min, config.alpha_max)
+            assert low <= point["alpha"] <= high
+        study.tell(trial, 1.0)
+
+
 def test_cli_range_error_is_one_line_exit_2():
     from typer.testing import CliRunner
 
@@ -137,7 +166,7 @@ def test_cli_bad_input_is_one_line_exit_2_before_any_flow_runs(flags, message, t
     [
         ("sqlite:////no/such/folder/optuna.db", "unable to open database file"),
         ("not a url", "Could not parse"),
-        ("postgresql://user@127.0.0.1:1/db", "DB access module"),  # no driver installed
+        ("postgresql://user@127.0.0.1:1/db", "connection failed"),  # driver installed, no server there
     ],
 )
 def test_storage_that_cannot_be_opened_is_a_clear_error(url, cause):
@@ -362,6 +391,14 @@ def test_tune_flow_logs_trials_writes_best_and_reuses_cached_work(
     experiment = client.get_experiment_by_name("tune-test-tune")
     parent = client.get_run(first["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    # Traceability: the study records this process's Prefect flow run and MLflow run; the run names the flow run.
+    from flows.trace import FLOW_RUN_ID_TAG, STUDY_RUN_ATTR
+
+    records = {k: v for k, v in study.user_attrs.items() if k.startswith(STUDY_RUN_ATTR)}
+    assert list(records) == [STUDY_RUN_ATTR + parent.data.tags[FLOW_RUN_ID_TAG]]
+    record = records[STUDY_RUN_ATTR + parent.data.tags[FLOW_RUN_ID_TAG]]
+    assert record["mlflow_run_id"] == parent.info.run_id and record["mlflow_run_url"].endswith(parent.info.run_id)
+    assert record["prefect_flow_run_url"].endswith("/runs/flow-run/" + record["prefect_flow_run_id"])
     plots = {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
     # Optuna's history and running-objective plots, its slice plot (2 complete trials), and our landscape.
     expected = {"plots/tuning_history.png", "plots/intermediate_values.png", "plots/slice.png", "plots/landscape.png"}
@@ -386,19 +423,30 @@ def test_tune_flow_logs_trials_writes_best_and_reuses_cached_work(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_worker_processes_share_one_study_without_losing_or_repeating_trials(
-    tiny_index, tiny_prompts_file, tiny_lm_dir, tmp_path
+    backend, tiny_index, tiny_prompts_file, tiny_lm_dir, tmp_path, request
 ):
+    """Two `sift-ttft tune` processes on one study: in a sqlite file (--storage), and in a real PostgreSQL
+    server given as a plain postgresql:// URL in $SIFT_OPTUNA_STORAGE (the driver is mapped)."""
     from flow_helpers import prefect_api_url
     from mlflow import MlflowClient
 
-    storage_url = f"sqlite:///{tmp_path / 'shared.db'}"
-    open_storage(storage_url)  # create the tables once, as a user would by running one worker first
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url(), "SIFT_HOME": str(tmp_path / "state")}
+    if backend == "sqlite":
+        storage_url = f"sqlite:///{tmp_path / 'shared.db'}"
+        open_storage(storage_url)  # create the tables once, as a user would by running one worker first
+        storage_flags = ["--storage", storage_url]
+    else:  # both workers create the tables of an empty database at once
+        storage_url = request.getfixturevalue("postgres_server").create_database("tune_workers")
+        assert storage_url.startswith("postgresql://")
+        env["SIFT_OPTUNA_STORAGE"] = storage_url
+        storage_flags = []
+    experiment = f"tune-workers-{backend}"
     flags = [
         "tune", "--index", str(tiny_index), "--prompts", str(tiny_prompts_file), "--model", str(tiny_lm_dir),
-        "--n", "2", "--k", "8", "--max-tokens", "32", "--trials", "2", "--study", "shared", "--storage", storage_url,
-        "--experiment", "tune-workers",
+        "--n", "2", "--k", "8", "--max-tokens", "32", "--trials", "2", "--study", "shared", *storage_flags,
+        "--experiment", experiment,
     ]
     code = "import sys; from flows.cli import app; sys.argv = ['sift-ttft'] + sys.argv[1:]; app()"
     workers = [
@@ -418,7 +466,7 @@ def test_two_worker_processes_share_one_study_without_losing_or_repeating_trials
     assert sum(t.params == {"lam": 0.1, "stopping": "never"} for t in study.trials) == 1
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("tune-workers-tune")
+    experiment = client.get_experiment_by_name(f"{experiment}-tune")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -427,16 +475,28 @@ def test_two_worker_processes_share_one_study_without_losing_or_repeating_trials
 
 
 @pytest.mark.slow
-def test_a_killed_workers_trial_is_requeued_with_its_parameters(tmp_path):
-    """kill -9 a worker mid-trial: the next worker fails the silent trial and reruns its point."""
+def test_a_killed_workers_trial_is_failed_and_requeued_by_a_live_worker_within_the_bound(tmp_path):
+    """kill -9 a worker mid-trial: a live worker's watchdog (not only its next trial start) fails the silent
+    trial and queues its point again within grace + 2 × heartbeat; the next trial reruns that point."""
+    from flows.study import StaleTrialWatchdog
+
+    heartbeat, grace = 1, 2
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    storage = open_storage(url, heartbeat_seconds=1, grace_seconds=2)
+    storage = open_storage(url, heartbeat_seconds=heartbeat, grace_seconds=grace)
+    # The tune flow hands the stale-trial callback its MLflow trial logger: the killed trial reaches MLflow.
+    from mlflow import MlflowClient
+
+    from tracking.optuna_mlflow import MLflowTrialLogger
+    from tracking.store import get_or_create_experiment
+
+    experiment_id = get_or_create_experiment("tune-crash")
+    storage.get_heartbeat_stale_trial_callback().also.append(MLflowTrialLogger(experiment_id))
     optuna.create_study(storage=storage, study_name="crash")
     started = tmp_path / "started"
     code = (
         "import sys, time, pathlib, optuna\n"
         "from flows.tune import open_storage\n"
-        "storage = open_storage(sys.argv[1], heartbeat_seconds=1, grace_seconds=2)\n"
+        f"storage = open_storage(sys.argv[1], heartbeat_seconds={heartbeat}, grace_seconds={grace})\n"
         "study = optuna.load_study(storage=storage, study_name='crash')\n"
         "def hang(trial):\n"
         "    trial.suggest_float('lam', 1e-3, 10, log=True)\n"
@@ -452,16 +512,25 @@ def test_a_killed_workers_trial_is_requeued_with_its_parameters(tmp_path):
             time.sleep(0.1)
         assert started.exists(), "the worker never started its trial"
     finally:
-        worker.kill()
+        worker.kill()  # SIGKILL: no cleanup runs
         worker.wait()
-    lost = optuna.load_study(storage=storage, study_name="crash").trials[0]
-    assert lost.state.name == "RUNNING"  # what a crash leaves behind
-
-    time.sleep(3)  # > grace period: the dead worker's heartbeat is stale
+    killed_at = time.monotonic()
     study = optuna.load_study(storage=storage, study_name="crash")
+    assert study.trials[0].state.name == "RUNNING"  # what a crash leaves behind
+
+    # A live worker (this process) in the middle of its own long trial: only its watchdog can notice.
+    with StaleTrialWatchdog(study, interval=heartbeat):
+        while study.trials[0].state.name == "RUNNING":
+            assert time.monotonic() - killed_at < grace + 2 * heartbeat + 3, "the dead trial was not failed in time"
+            time.sleep(0.2)
+        failed_after = time.monotonic() - killed_at
+    first, queued = study.trials
+    assert first.state.name == "FAIL" and failed_after <= grace + 2 * heartbeat + 3
+    assert queued.state.name == "WAITING" and queued.params == first.params  # its point, queued again
+    logged = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_runs([experiment_id])
+    assert [(r.data.tags["optuna.trial"], r.info.status) for r in logged] == [("0", "FAILED")]
     study.optimize(lambda t: t.suggest_float("lam", 1e-3, 10, log=True), n_trials=1)
-    first, retry = study.trials
-    assert first.state.name == "FAIL"
+    retry = study.trials[1]
     assert retry.state.name == "COMPLETE" and retry.params == first.params
 
 
@@ -505,3 +574,83 @@ def test_tune_with_a_budget_runs_trials_that_each_spend_it(tiny_index, tiny_prom
     # 2 tuning prompts × n=2 picks, a budget of 3: no trial trains more than 3 steps in all
     assert all(t.user_attrs["mean_steps"] * t.user_attrs["prompts"] <= 3 for t in trials if t.state.name == "COMPLETE")
     assert set(json.loads(Path(result["best_json"]).read_text())) == {"lam", "alpha", "gamma"}
+
+
+def _children(pid: int, needle: str) -> list[int]:
+    """PIDs of the live child processes of ``pid`` whose command line contains ``needle``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid and needle in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_workers_on_a_fresh_state_do_not_race_migrations_and_a_killed_one_leaves_no_server(
+    tiny_index, tiny_prompts_file, tiny_lm_dir, tmp_path
+):
+    """Two `sift-ttft tune` workers started at once on a fresh state folder, without PREFECT_API_URL: each
+    starts Prefect's temporary server on the same new database (one migration at a time, under the start
+    lock). kill -9 of one of them mid-trial: its server goes too; the other finishes its trials."""
+    storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    open_storage(storage_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(SIFT_HOME=str(tmp_path / "fresh-state"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true")
+    flags = [
+        "tune", "--index", str(tiny_index), "--prompts", str(tiny_prompts_file), "--model", str(tiny_lm_dir),
+        "--n", "2", "--k", "8", "--max-tokens", "32", "--study", "fresh", "--storage", storage_url, "--no-tracking",
+    ]
+    code = "import sys; from flows.cli import app; sys.argv = ['sift-ttft'] + sys.argv[1:]; app()"
+    logs = [tmp_path / "victim.log", tmp_path / "survivor.log"]
+    victim, survivor = (
+        subprocess.Popen([sys.executable, "-c", code, *flags, "--trials", trials], cwd=REPO, env=env,
+                         stdout=log.open("w"), stderr=subprocess.STDOUT)
+        for log, trials in zip(logs, ("50", "2"))
+    )
+    try:
+        deadline = time.monotonic() + 240
+        servers: list[int] = []
+        storage = open_storage(storage_url, heartbeat=False)
+        while True:  # the victim's temporary server is up and a trial is running
+            servers = servers or _children(victim.pid, "uvicorn")
+            try:
+                trials = optuna.load_study(storage=storage, study_name="fresh").trials if servers else []
+            except KeyError:  # the study is not created yet
+                trials = []
+            if servers and any(t.state.name == "RUNNING" for t in trials):
+                break
+            assert victim.poll() is None, logs[0].read_text()[-3000:]
+            assert time.monotonic() < deadline, logs[0].read_text()[-3000:]
+            time.sleep(0.2)
+        victim.kill()  # kill -9: no atexit, no cleanup
+        victim.wait()
+        for _ in range(100):
+            if not any(_alive(pid) for pid in servers):
+                break
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in servers), "the killed worker's Prefect server is still running"
+        assert survivor.wait(timeout=300) == 0, logs[1].read_text()[-3000:]
+    finally:
+        for process in (victim, survivor):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = "\n".join(log.read_text() for log in logs)
+    assert "duplicate column" not in output and "Online migration" not in output
+    done = [t for t in optuna.load_study(storage=storage, study_name="fresh").trials
+            if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) >= 2  # the survivor's two trials

@@ -3,6 +3,8 @@
 Default store: ``sqlite:////<state>/mlflow/mlflow.db`` (four slashes: an absolute path) with artifacts
 in ``<state>/mlflow/artifacts``, so ``sift-ttft ui`` and every flow see the same runs without any setup.
 ``MLFLOW_TRACKING_URI`` overrides the database (any backend MLflow accepts, or an ``http(s)://`` server).
+``database_url`` maps a plain ``postgresql://`` URL to the driver that is installed (one rule for every
+database URL the program takes: the MLflow store and the Optuna storage).
 """
 
 from __future__ import annotations
@@ -29,11 +31,46 @@ def mlflow_dir() -> Path:
     return path
 
 
+# SQLAlchemy's dialect+driver names of the PostgreSQL drivers we can map a plain URL to, in order of
+# preference: psycopg 3 (the `postgres` extra, binary wheel) first, then psycopg2 if a user has it.
+_POSTGRES_DRIVERS = (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
+POSTGRES_EXTRA_HINT = "install the PostgreSQL driver: pip install 'sift-ttft[postgres]' (psycopg 3)"
+
+
+def database_url(url: str) -> str:
+    """``url`` with a plain ``postgresql://`` (or ``postgres://``) scheme mapped to the installed driver.
+
+    Why: SQLAlchemy 2 reads a plain ``postgresql://`` as psycopg2, which the project does not install;
+    the ``postgres`` extra installs psycopg 3, spelled ``postgresql+psycopg://``. A URL that names its
+    driver (``postgresql+psycopg2://``, ``mysql+pymysql://``) or another database is returned unchanged.
+    Raises ``ValueError`` (with the install command) for a PostgreSQL URL when no driver is installed.
+    """
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        return url
+    for module, dialect in _POSTGRES_DRIVERS:
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}://{rest}"
+    raise ValueError(f"{masked_url(url)!r} is a PostgreSQL URL but no driver is installed: {POSTGRES_EXTRA_HINT}")
+
+
+def masked_url(url: str) -> str:
+    """``url`` as logged, printed or put in an error: a password in it becomes ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:////<state>/mlflow/mlflow.db``."""
+    """``$MLFLOW_TRACKING_URI`` if set (a plain ``postgresql://`` mapped by ``database_url``), else
+    ``sqlite:////<state>/mlflow/mlflow.db``."""
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
-        return env
+        return database_url(env)
     # str(abs path) starts with "/", so "sqlite:///" + "/abs" gives the four slashes MLflow needs.
     return f"sqlite:///{mlflow_dir() / 'mlflow.db'}"
 
@@ -110,6 +147,35 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
+def relocate_artifacts(uri: str, experiment) -> bool:
+    """Point a moved or copied state folder's experiment (and its runs) at this state folder's artifacts.
+
+    MLflow stores artifact locations as absolute ``file://`` URIs, so a state folder that was moved or
+    copied would read (and write) the original folder's artifacts. For the state folder's own sqlite
+    store only, an experiment whose location is ``.../mlflow/artifacts/<its folder>`` somewhere else is
+    rewritten to ``<this state>/mlflow/artifacts/<its folder>``, with the same prefix of its runs'
+    artifact URIs (MLflow has no API to change them: two SQL updates on its tables). Other stores (a
+    sqlite file given in MLFLOW_TRACKING_URI, a tracking server) are left alone: a team shares a
+    tracking server (docs/team.md) instead of moving files. Returns whether anything was rewritten.
+    """
+    import sqlite3
+
+    db = sqlite_path(uri)
+    if db is None or db.resolve() != (mlflow_dir() / "mlflow.db").resolve():
+        return False
+    old = (experiment.artifact_location or "").rstrip("/")
+    new = (artifact_root() / _folder_name(experiment.name)).as_uri()
+    if old == new or not old.startswith("file://") or not old.endswith(f"/mlflow/artifacts/{_folder_name(experiment.name)}"):
+        return False
+    with sqlite3.connect(db, timeout=60) as conn:
+        conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                     (new, int(experiment.experiment_id)))
+        conn.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                     "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                     (new, len(old) + 1, int(experiment.experiment_id), len(old), old))
+    return True
+
+
 def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
     """Return the id of experiment ``name``, creating it (or restoring a deleted one) if needed.
 
@@ -127,6 +193,7 @@ def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
+        relocate_artifacts(uri, found)
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
         if EXPERIMENT_KIND_TAG not in found.tags:

@@ -135,16 +135,21 @@ def stop_server(process: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def reap_store(tracking_uri: str) -> list[str]:
     """Mark FAILED the RUNNING runs, in every experiment of the store, whose owner process on this host
-    is gone (``tracking.reaper.reap_orphan_runs``), so the UI does not show dead flows as running.
+    is gone (``tracking.reaper.reap_orphan_runs``), so the UI does not show dead flows as running; point
+    a moved or copied state folder's experiments at its own artifacts (``tracking.store.relocate_artifacts``).
     Returns their ids; a failure is printed as a warning and never stops the UI."""
     try:
         from mlflow import MlflowClient
 
         from tracking.reaper import reap_orphan_runs
 
+        from tracking.store import relocate_artifacts
+
         client = MlflowClient(tracking_uri=tracking_uri)
-        experiment_ids = [e.experiment_id for e in client.search_experiments(max_results=50000)]
-        reaped = reap_orphan_runs(client, experiment_ids)
+        experiments = client.search_experiments(max_results=50000)
+        for experiment in experiments:  # a moved or copied state folder: show this folder's artifacts
+            relocate_artifacts(tracking_uri, experiment)
+        reaped = reap_orphan_runs(client, [e.experiment_id for e in experiments])
     except Exception as err:  # noqa: BLE001 — bookkeeping; the UI is still useful without it
         print(f"sift-ttft ui: warning: could not check for orphaned runs: {err}", file=sys.stderr)
         return []

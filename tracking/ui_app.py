@@ -20,7 +20,8 @@ made no choice of its own:
   of MLflow's default Source, Models, Dataset). A choice made later in
   the UI is kept; a column list we set earlier is updated when new methods appear.
 
-Served through MLflow's plugin hook: ``mlflow server --app-name sift-ttft`` (``tracking.ui``).
+Served through MLflow's plugin hook: ``mlflow server --app-name sift-ttft`` (``tracking.ui``; the package
+declares the ``mlflow.app`` entry point, so a team's tracking server can run it too: docs/team.md).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
 TRACKING_URI_ENV = "SIFT_UI_TRACKING_URI"  # the store whose experiments' column tags the page reads
+MLFLOW_SERVER_STORE_ENV = "_MLFLOW_SERVER_FILE_STORE"  # mlflow.server.constants.BACKEND_STORE_URI_ENV_VAR
 WORKFLOW_KEY = "mlflow.workflowType_v1"
 MLFLOW_DEFAULT_COLUMNS = ["attributes.`Source`", "attributes.`Models`", "attributes.`Dataset`"]
 # Ours: the data inputs, then the metrics. Source (always "sift-ttft") and Models (none logged) would
@@ -134,7 +136,9 @@ class DefaultViewApp:
         # Ask for the whole page, never a 304 for a copy that holds yesterday's script.
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in (b"if-none-match", b"if-modified-since")]
         scope = {**scope, "headers": headers}
-        uri = self._tracking_uri or os.environ.get(TRACKING_URI_ENV)
+        # `sift-ttft ui` names the store; a plain `mlflow server --app-name sift-ttft` (a team's tracking
+        # server, docs/team.md) has its own backend store in MLflow's server variable.
+        uri = self._tracking_uri or os.environ.get(TRACKING_URI_ENV) or os.environ.get(MLFLOW_SERVER_STORE_ENV)
         start: dict | None = None
         chunks: list[bytes] = []
 
