@@ -213,18 +213,59 @@ def ui(
 
 @app.command("corpus")
 def corpus(
-    out: Optional[Path] = typer.Option(None, help="Output folder; default: <state>/corpus/default."),
+    out: Optional[Path] = typer.Option(
+        None, help="Output folder; default: <state>/corpus/default for the demo space, else "
+        "<state>/corpus/<sources>-n<sequences>-t<max-tokens>-seed<seed>."),
     seed: int = typer.Option(0, help="Seed of the held-out prompt choice and document sampling."),
+    sequences: Optional[int] = typer.Option(
+        None, min=1, help="Size of the data space in sequences of at most --max-tokens tokens. Sizes with the same "
+        "--sources, --max-tokens and --seed are nested (a smaller space is a subset of a larger one) and share the "
+        "same held-out prompts. Default: the demo space (8000 sequences, demo sources)."),
+    max_tokens: int = typer.Option(256, min=8, help="Tokens per sequence (the base model's tokenizer)."),
+    sources: Optional[str] = typer.Option(
+        None, help="Source preset: 'demo' (Python stdlib, pydoc, Wikipedia leads, fortunes, git docs) or 'all' (also "
+        "Python and Perl docs, Linux kernel code and docs, Webster 1913, FOLDOC, Jargon File: ~150 MB of text). "
+        "Default: 'demo' without --sequences, 'all' with it. A source that cannot be fetched is skipped with a "
+        "warning and recorded in the manifest."),
 ) -> None:
-    """Assemble the embedded default multi-domain corpus and its held-out prompts (idempotent)."""
+    """Assemble the embedded multi-domain corpus and its held-out prompts (idempotent): the demo space by
+    default, a larger nested one with --sequences (e.g. --sequences 131072 --max-tokens 128)."""
     from sift.env import set_default_env
 
     set_default_env()
     from flows.tasks import default_corpus_dir
-    from sift.default_corpus import assemble_default_corpus
+    from sift.default_corpus import (DEMO_MAX_TOKENS, DEMO_SEQUENCES, SOURCE_PRESETS, assemble_default_corpus,
+                                     sized_corpus_dir)
 
-    corpus = assemble_default_corpus(out or default_corpus_dir(), seed=seed)
+    preset = sources or ("demo" if sequences is None else "all")
+    if preset not in SOURCE_PRESETS:
+        typer.echo(f"error: --sources: choose from {', '.join(SOURCE_PRESETS)} (got {preset!r})", err=True)
+        raise typer.Exit(USAGE_ERROR)
+    size = DEMO_SEQUENCES if sequences is None else sequences
+    if out is None:  # the demo space keeps its folder (every cached index points at it)
+        demo = preset == "demo" and size == DEMO_SEQUENCES and max_tokens == DEMO_MAX_TOKENS
+        out = default_corpus_dir() if demo else sized_corpus_dir(preset, size, max_tokens, seed)
+    import logging
+    import time
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    t0 = time.perf_counter()
+    try:
+        corpus = assemble_default_corpus(out, seed=seed, max_tokens=max_tokens, data_sequences=size,
+                                         debian_packages=SOURCE_PRESETS[preset])
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    manifest = corpus.manifest
     typer.echo(f"corpus: {corpus.corpus_path}\nprompts: {corpus.prompts_path}\nfingerprint: {corpus.fingerprint}")
+    typer.echo(f"{manifest['sequences']} sequences of ≤ {max_tokens} tokens in {manifest['documents']} documents, "
+               f"{manifest['prompts']} prompts, {len(manifest['domains'])} domains ({time.perf_counter() - t0:.1f} s)")
+    for domain, counts in manifest["domains"].items():
+        typer.echo(f"  {domain:20s} {counts['sequences']:7d} sequences {counts['documents']:6d} documents "
+                   f"{counts['prompts']:3d} prompts")
+    for name, status in manifest["sources"].items():
+        if not status["used"]:
+            typer.echo(f"  skipped source {name}: {status['reason']}")
 
 
 def main() -> None:  # pragma: no cover - `python -m flows.cli`

