@@ -245,14 +245,12 @@ def corpus(
     if out is None:  # the demo space keeps its folder (every cached index points at it)
         demo = preset == "demo" and size == DEMO_SEQUENCES and max_tokens == DEMO_MAX_TOKENS
         out = default_corpus_dir() if demo else sized_corpus_dir(preset, size, max_tokens, seed)
-    import logging
     import time
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     try:
         corpus = assemble_default_corpus(out, seed=seed, max_tokens=max_tokens, data_sequences=size,
-                                         debian_packages=SOURCE_PRESETS[preset])
+                                         debian_packages=SOURCE_PRESETS[preset], progress=True)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

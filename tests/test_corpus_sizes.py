@@ -186,7 +186,8 @@ def test_the_demo_space_is_unchanged(tmp_path, lm_tokenizer, monkeypatch):
     assert defaults == {"out_dir": None, "seed": 0, "tokenizer": None, "max_tokens": 256, "data_sequences": 8000,
                         "prompts_per_domain": 16, "min_prompt_tokens": 64, "max_chunks_per_doc": 8, "min_tokens": 32,
                         "sources": ("stdlib", "pydoc", "wikipedia", "debian"),
-                        "debian_packages": ("fortunes", "git-doc"), "cache_dir": None, "stdlib_root": None}
+                        "debian_packages": ("fortunes", "git-doc"), "cache_dir": None, "stdlib_root": None,
+                        "progress": False}
     # `sift-ttft corpus` without flags asks for exactly those, in the demo folder
     from flows import cli
     from sift import default_corpus
@@ -199,7 +200,8 @@ def test_the_demo_space_is_unchanged(tmp_path, lm_tokenizer, monkeypatch):
     assert result.exit_code == 0, result.output
     (out, kw), = calls
     assert out == default_corpus.default_corpus_dir()
-    assert kw == {"seed": 0, "max_tokens": 256, "data_sequences": 8000, "debian_packages": DEBIAN_PACKAGES}
+    assert kw == {"seed": 0, "max_tokens": 256, "data_sequences": 8000, "debian_packages": DEBIAN_PACKAGES,
+                  "progress": True}
     calls.clear()
     CliRunner().invoke(cli.app, ["corpus", "--sequences", "131072", "--max-tokens", "128"])
     (out, kw), = calls
