@@ -239,3 +239,17 @@ def test_opposite_direction_and_several_query_rows(corpus_index):
     both = corpus_index.search(np.stack([x[3], x[20]]), 4)
     assert {3, 20} <= set(both.seq_ids.tolist())
     np.testing.assert_allclose(both.scores, np.max(both.vectors @ np.stack([x[3], x[20]]).T, axis=1), atol=1e-5)
+
+
+def test_auto_turns_to_ivf_above_its_threshold_at_the_recall_target(monkeypatch):
+    import sift.index as index_module
+
+    monkeypatch.setattr(index_module, "AUTO_FLAT_MAX", 2000)
+    x = clustered(3000)
+    report: dict = {}
+    index = build_index(x, "auto", recall_k=200, report=report)
+    assert report["index_type"] == "ivf" and index.ntotal == 3000
+    assert report["recall_at_k"] >= index_module.RECALL_TARGET == 0.98 and report["recall_k"] == 200
+    report = {}
+    build_index(x[:2000], "auto", report=report)
+    assert report["index_type"] == "flat"
