@@ -25,7 +25,10 @@ Commands used for ``benchmarks/results/index_scale.json`` (SIFT_HOME of the larg
     SIFT_HOME=/root/sift-home-13 .venv/bin/sift-ttft corpus --sequences 131072 --max-tokens 128
     SIFT_HOME=/root/sift-home-13 nice -n 10 .venv/bin/python benchmarks/index_scale.py \\
         --corpus /root/sift-home-13/corpus/all-n131072-t128-seed0 --work /root/sift-home-13/bench-index-scale \\
-        --subset 4096
+        --subset 4096 --stages embed
+    SIFT_HOME=/root/sift-home-13 nice -n 10 .venv/bin/python benchmarks/index_scale.py \\
+        --corpus /root/sift-home-13/corpus/all-n131072-t128-seed0 --work /root/sift-home-13/bench-index-scale \\
+        --subset 4096 --stages search
 
 A stage whose result is already in the JSON is skipped (``--redo STAGE`` runs it again).
 """
@@ -190,7 +193,6 @@ def search_bench(index_dir: Path, prompts_path: Path, sizes: list[int]) -> dict:
 
     from sift.corpus import read_jsonl
     from sift.index import AUTO_FLAT_MAX, build_index, recall_at_k
-    from sift.search import search_parameters  # noqa: F401  (the loaded index's parameters are applied there)
     from flows.tasks import index_embedder
 
     real = np.load(index_dir / "embeddings.npy")
@@ -251,7 +253,10 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     result = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
-    result["command"] = "nice -n 10 .venv/bin/python benchmarks/index_scale.py " + " ".join(sys.argv[1:])
+    command = (f"SIFT_HOME={os.environ.get('SIFT_HOME', '')} nice -n 10 .venv/bin/python benchmarks/index_scale.py "
+               + " ".join(sys.argv[1:]))
+    result.pop("command", None)
+    result["commands"] = [c for c in result.get("commands", []) if c != command] + [command]  # every run that wrote here
     result["corpus"] = str(args.corpus)
     subset_path = args.work / f"subset-{args.subset}.jsonl"
     if "subset" in args.redo or result.get("subset", {}).get("sequences") != args.subset or not subset_path.is_file():
