@@ -258,6 +258,9 @@ def corpus(
     typer.echo(f"corpus: {corpus.corpus_path}\nprompts: {corpus.prompts_path}\nfingerprint: {corpus.fingerprint}")
     typer.echo(f"{manifest['sequences']} sequences of ≤ {max_tokens} tokens in {manifest['documents']} documents, "
                f"{manifest['prompts']} prompts, {len(manifest['domains'])} domains ({time.perf_counter() - t0:.1f} s)")
+    if manifest["sequences"] < size:
+        typer.echo(f"note: {manifest['sequences']} of the {size} sequences asked for: the split (one pass, smallest "
+                   "domain first) ran out in its last domains")
     for domain, counts in manifest["domains"].items():
         typer.echo(f"  {domain:20s} {counts['sequences']:7d} sequences {counts['documents']:6d} documents "
                    f"{counts['prompts']:3d} prompts")
