@@ -224,7 +224,7 @@ def corpus(
     max_tokens: int = typer.Option(256, min=8, help="Tokens per sequence (the base model's tokenizer)."),
     sources: Optional[str] = typer.Option(
         None, help="Source preset: 'demo' (Python stdlib, pydoc, Wikipedia leads, fortunes, git docs) or 'all' (also "
-        "Python and Perl docs, Linux kernel code and docs, Webster 1913, FOLDOC, Jargon File: ~150 MB of text). "
+        "Python and Perl docs, Linux kernel code and docs, Webster 1913, FOLDOC, Jargon File). "
         "Default: 'demo' without --sequences, 'all' with it. A source that cannot be fetched is skipped with a "
         "warning and recorded in the manifest."),
 ) -> None:

