@@ -94,8 +94,9 @@ def condition_greedy(kernel: Kernel, n: int, lam: float, directed: bool) -> tupl
 class Conditioned:
     """Greedy state of one prompt after t picks, over a set of candidates (all K, or a lookahead pool).
 
-    c or C = k_t(x_j, x*) ((n,) for one query row, else (n, m)), d_lam = k_t(x_j, x_j) + λ′ (kept
-    shifted: it is only ever used so), U[:t] the conditioning factors of the t picks so far.
+    c or C = k_t(x_j, x*) (one value per candidate for one query row, else one row of m), d_lam =
+    k_t(x_j, x_j) + λ′ (kept shifted: it is only ever used so), U[:t] the conditioning factors of the t
+    picks so far (one row per pick, one column per candidate).
     ``best`` scores and takes the tolerance-aware argmax; ``condition`` conditions on a pick given its
     base column k(·, s) and returns the variance drop. Both loops of ``condition_greedy_one`` (the real
     one and the lookahead's) run this same arithmetic.
@@ -191,8 +192,10 @@ def lookahead(kernel: Kernel, cache: ColumnCache, state: Conditioned, s: int, sc
     """
     K = len(score)
     slot = cache.slot[0]
+    if steps == 1:  # the last pick: nothing to foresee
+        return np.array([s], dtype=np.int64)
     if K * kernel.x.shape[-1] * 8 <= CACHED_SET_BYTES:  # products are cheap: speculate instead of simulating
-        width = min(BLOCK, K - int(cache.used[0]))
+        width = min(BLOCK, steps, K - int(cache.used[0]))
         ranked = np.where(slot < 0, score, -np.inf)
         ranked[s] = np.inf
         return np.argpartition(ranked, K - width)[K - width:]
