@@ -136,7 +136,7 @@ def test_speculative_column_blocks_never_change_picks(monkeypatch):
 @pytest.mark.parametrize("method", ["sift", "us"])
 @pytest.mark.parametrize("m", [1, 2])
 def test_lookahead_never_changes_picks(monkeypatch, method, m):
-    """The single-prompt loop computes the columns its lookahead foresees: speculation (a cached set),
+    """The single-prompt loop computes the columns its lookahead foresees: speculation (small K),
     simulation on the default pool, a pool of one, of everything, no horizon or a long one must all
     give the brute-force greedy's picks."""
     from sift.methods import greedy
@@ -145,7 +145,7 @@ def test_lookahead_never_changes_picks(monkeypatch, method, m):
     lam, n = 0.05, 30
     reference = brute_force_sift(q, x, n, lam) if method == "sift" else brute_force_us(x, n, lam)
     assert sift.select(q, x, n, method=method, lam=lam).indices.tolist() == reference  # speculation
-    monkeypatch.setattr(greedy, "CACHED_SET_BYTES", 0)  # simulate whatever the set's size
+    monkeypatch.setattr(greedy, "SIMULATE_FROM_K", 0)  # simulate whatever the set's size
     for share, low, high, steps in ((8, 64, 512, 12), (1, 1, 1, 12), (1, 120, 120, 50), (1, 1000, 1000, 1)):
         monkeypatch.setattr(greedy, "POOL_SHARE", share)
         monkeypatch.setattr(greedy, "POOL_MIN", low)
@@ -154,15 +154,13 @@ def test_lookahead_never_changes_picks(monkeypatch, method, m):
         assert sift.select(q, x, n, method=method, lam=lam).indices.tolist() == reference
 
 
-def test_lookahead_at_k_5000_picks_as_the_batched_loop_and_foresees_picks(monkeypatch):
+def test_lookahead_at_k_5000_picks_as_the_batched_loop_and_foresees_picks():
     """At K = 5,000 (embedding-like rows, so later picks come from far down the first ranking) the
     single-prompt loop with its lookahead picks exactly what the batched loop picks, and its lookahead
     foresees picks: fewer products than distinct picks, not many more columns than distinct picks."""
-    from sift.methods import greedy
     from sift.methods.greedy import condition_greedy, condition_greedy_one
     from sift.methods.kernel import Kernel
 
-    monkeypatch.setattr(greedy, "CACHED_SET_BYTES", 0)  # this small d alone would fit a core's cache
     rng = np.random.default_rng(50)
     d = 48
     x = rng.standard_normal((5000, d)) * (1.0 + np.arange(d)) ** -0.5 + 0.4 * rng.standard_normal(d)
