@@ -121,7 +121,7 @@ class ColumnCache:
         self.slot = np.full((P, K), -1, dtype=np.int64)  # position of k(·, x_j) in cols[p], or -1
         # At most min(K, n·BLOCK) columns per prompt; zeros() is lazily committed, so the unused
         # part of this buffer costs no memory. One prompt grows its buffer on demand instead.
-        self.cols = np.zeros((P, min(K, n * BLOCK), K)) if P > 1 else np.empty((1, min(K, 2 * n), K))
+        self.cols = np.zeros((P, min(K, n * BLOCK), K)) if P > 1 else np.empty((1, min(K, 4 * BLOCK), K))
         self.used = np.zeros(P, dtype=np.int64)
         self.computed = 0  # columns computed so far (benchmarks report columns per distinct pick)
 
