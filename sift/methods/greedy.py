@@ -17,11 +17,11 @@ selection of small candidate sets) and ``condition_greedy_one`` for one prompt (
 any single prompt). The second is measured 1.15–1.8× faster on one prompt at K = 200..1,000
 (``benchmarks/select_before_after.py``), and it chooses its columns by lookahead: at large K a product
 X @ [B columns] costs one pass over X (K·d float64 from memory) plus the arithmetic, so the count of
-products matters more than the count of columns. On a cache miss it simulates the next picks on a
-pool of the best-scoring candidates (``lookahead``) and computes all foreseen columns in one product:
-~1.1–1.4 columns per distinct pick in ~1 product per 6–8 picks, against ~3 columns per distinct pick
-for speculative blocks of the best-scoring candidates (``benchmarks/select.py``). Tests check both
-loops pick the same.
+products matters more than the count of columns. From K = 2,000, on a cache miss it simulates the
+next picks on a pool of the best-scoring candidates (``lookahead``) and computes all foreseen columns
+in one product: ~1.1–1.4 columns per distinct pick in ~1 product per 6–8 picks, against ~3 columns per
+distinct pick for speculative blocks of the best-scoring candidates, which it keeps below K = 2,000
+where products are cheap (``benchmarks/select.py``). Tests check both loops pick the same.
 """
 
 from __future__ import annotations
