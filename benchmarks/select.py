@@ -14,8 +14,9 @@ same code sift.select runs) and one product X @ X[distinct picks]ᵀ. ours/floor
 costs beyond that.
 
 For K ∈ {200, 1,000, 5,000, 20,000} (``--ks``), d ∈ {384, 1,024}, N = 50, per prompt and repeat, in
-this order in one process: ours, the floor, and activeft (where it runs), so that a busy machine
-slows all three alike; medians of CPU time per prompt; ratios are of the medians. activeft runs
+one process: ours, the floor, and activeft (where it runs), in an order rotated each repeat (so none
+always runs in the caches another has just cooled), so that a busy machine slows all three alike;
+medians of CPU time per prompt; ratios are of the medians. activeft runs
 only where its estimated time per call (its measured time at the previous K, scaled by (K'/K)²: its
 cost per step grows like (K + m)²) is under ``--activeft-limit`` seconds; otherwise the row records
 why it was skipped. Picks: identical to activeft (same index at the same position) where it ran,
@@ -178,15 +179,25 @@ def run_config(k: int, d: int, n: int, lam: float, prompts: int, repeats: int, b
         distinct.append(len(np.unique(sel.indices)))
         exact_floor(q, x, sel.indices)  # warm-up
         theirs = None
-        for r in range(repeats):  # interleaved: a busy spell slows all of them alike
+
+        def time_ours():
             c, ours = cpu_time(lambda: sift.select(q, x, n, lam=lam))
             ours_cpu.append(c)
             assert np.array_equal(ours.indices, sel.indices), "picks changed between calls"
+
+        def time_floor():
             floor_cpu.append(cpu_time(lambda: exact_floor(q, x, sel.indices))[0])
-            if run_af and r < af_repeats:
-                torch.manual_seed(0)  # activeft's DataLoader shuffles; its picks do not depend on the order
-                c, theirs = cpu_time(lambda: activeft_select(q, x, n, lam))
-                af_cpu.append(c)
+
+        def time_activeft():
+            nonlocal theirs
+            torch.manual_seed(0)  # activeft's DataLoader shuffles; its picks do not depend on the order
+            c, theirs = cpu_time(lambda: activeft_select(q, x, n, lam))
+            af_cpu.append(c)
+
+        for r in range(repeats):  # interleaved: a busy spell slows all of them alike
+            runs = [time_ours, time_floor] + ([time_activeft] if run_af and r < af_repeats else [])
+            for run in runs[r % len(runs):] + runs[: r % len(runs)]:  # rotated: none always follows another
+                run()
         if theirs is not None:
             same_af += int(np.sum(sel.indices == theirs))
         total += n
@@ -286,7 +297,8 @@ def main() -> None:
         "command": " ".join([sys.executable, *sys.argv]),
         "threads": 1,
         "timing": "CPU time per prompt (process_time), medians over prompts x repeats, ours, floor and "
-                  "activeft interleaved per repeat in one process; ratios are of the medians",
+                  "activeft interleaved per repeat (order rotated each repeat) in one process; ratios are of "
+                  "the medians",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores_visible": os.cpu_count(),
                     "load_average_at_end": os.getloadavg()},
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "faiss": faiss.__version__},
