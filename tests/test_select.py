@@ -123,13 +123,68 @@ def test_uncertainty_sampling_equals_brute_force(lam):
 
 
 def test_speculative_column_blocks_never_change_picks(monkeypatch):
+    # the batched loop (two prompts in one group) computes its columns in speculative blocks
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((300, 24))
-    q = rng.standard_normal((2, 24))
-    reference = sift.select(q, x, 40, lam=0.05).indices
+    x = rng.standard_normal((2, 300, 24))
+    q = rng.standard_normal((2, 2, 24))
+    reference = [s.indices for s in sift.select_batch(q, x, 40, lam=0.05)]
     for block in (1, 3, 300):
         monkeypatch.setattr(kernel_module, "BLOCK", block)
-        assert np.array_equal(sift.select(q, x, 40, lam=0.05).indices, reference)
+        assert all(np.array_equal(s.indices, r) for s, r in zip(sift.select_batch(q, x, 40, lam=0.05), reference))
+
+
+@pytest.mark.parametrize("method", ["sift", "us"])
+@pytest.mark.parametrize("m", [1, 2])
+def test_lookahead_never_changes_picks(monkeypatch, method, m):
+    """The single-prompt loop computes the columns its lookahead foresees: speculation (small K),
+    simulation on the default pool, a pool of one, of everything, no horizon or a long one must all
+    give the brute-force greedy's picks."""
+    from sift.methods import greedy
+
+    q, x = planted(np.random.default_rng(40 + m), k=120, d=10, m=m, copies=8)
+    lam, n = 0.05, 30
+    reference = brute_force_sift(q, x, n, lam) if method == "sift" else brute_force_us(x, n, lam)
+    assert sift.select(q, x, n, method=method, lam=lam).indices.tolist() == reference  # speculation
+    monkeypatch.setattr(greedy, "SIMULATE_FROM_K", 0)  # simulate whatever the set's size
+    for share, low, high, steps in ((8, 64, 512, 12), (1, 1, 1, 12), (1, 120, 120, 50), (1, 1000, 1000, 1)):
+        monkeypatch.setattr(greedy, "POOL_SHARE", share)
+        monkeypatch.setattr(greedy, "POOL_MIN", low)
+        monkeypatch.setattr(greedy, "POOL_MAX", high)
+        monkeypatch.setattr(greedy, "LOOKAHEAD", steps)
+        assert sift.select(q, x, n, method=method, lam=lam).indices.tolist() == reference
+
+
+def test_lookahead_at_k_5000_picks_as_the_batched_loop_and_foresees_picks():
+    """At K = 5,000 (embedding-like rows, so later picks come from far down the first ranking) the
+    single-prompt loop with its lookahead picks exactly what the batched loop picks, and its lookahead
+    foresees picks: fewer products than distinct picks, not many more columns than distinct picks."""
+    from sift.methods.greedy import condition_greedy, condition_greedy_one
+    from sift.methods.kernel import Kernel
+
+    rng = np.random.default_rng(50)
+    d = 48
+    x = rng.standard_normal((5000, d)) * (1.0 + np.arange(d)) ** -0.5 + 0.4 * rng.standard_normal(d)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:3].mean(axis=0) + 0.1 * rng.standard_normal(d)
+    kernel = Kernel([torch.from_numpy(q[None])], [torch.from_numpy(x)])
+    products, columns = [], []
+    original = Kernel.columns
+
+    def counting(self, prompts, rows):
+        products.append(1)
+        columns.append(np.asarray(rows).size)
+        return original(self, prompts, rows)
+
+    Kernel.columns = counting
+    try:
+        one, drops_one = condition_greedy_one(kernel, 50, 0.1, True)
+    finally:
+        Kernel.columns = original
+    batched, drops_batched = condition_greedy(kernel, 50, 0.1, True)
+    assert np.array_equal(one, batched[0])
+    np.testing.assert_allclose(drops_one, drops_batched[0], rtol=1e-9, atol=1e-12)
+    distinct = len(np.unique(one))
+    assert len(products) < distinct / 2 and sum(columns) < 2 * distinct
 
 
 @pytest.mark.parametrize("method", SELECTING)
