@@ -10,7 +10,7 @@ JSON with a ``results`` list such as the retired benchmark's ``ttft_full.json``)
 - ``largest_sigma``: the next step to the prompt whose current σ_t is largest (rejected);
 - ``sigma2_drop``: the next step to the prompt whose next pick lowers σ² most (rejected).
 
-The last two grant greedily on their own marginal scores (``_greedy_on``). Paired differences with
+The last two grant greedily on their own marginal scores (``sift.budget.greedy_steps``). Paired differences with
 uniform carry bootstrap 95 % intervals (``sift.stats.bootstrap_mean``).
 
     .venv/bin/python benchmarks/budget_design.py --rows ~/runs/sift48-final.jsonl \
@@ -28,13 +28,12 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 import argparse  # noqa: E402
-import heapq  # noqa: E402
 import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from sift.atomic import write_json
-from sift.budget import allocate
+from sift.budget import allocate, greedy_steps
 from sift.stats import _curved_rows, bootstrap_mean, curve_of
 
 
@@ -47,28 +46,13 @@ def read_rows(path: Path, method: str) -> list[dict]:
     return _curved_rows(rows, method)
 
 
-def _greedy_on(scores: list[np.ndarray], caps: list[int], budget: int) -> list[int]:
-    """Grant steps one by one to the largest ``scores[i][s_i]`` (ties: lower i), capped."""
-    steps = [0] * len(caps)
-    heap = [(-float(sc[0]), i) for i, (sc, c) in enumerate(zip(scores, caps)) if c > 0]
-    heapq.heapify(heap)
-    for _ in range(budget):
-        if not heap:
-            break
-        _, i = heapq.heappop(heap)
-        steps[i] += 1
-        if steps[i] < caps[i]:
-            heapq.heappush(heap, (-float(scores[i][steps[i]]), i))
-    return steps
-
-
 def rule_steps(rows: list[dict], budget: int, rule: str) -> list[int]:
     sigmas = [np.asarray(r["uncertainties"], dtype=np.float64) for r in rows]
     caps = [int(r["steps"]) for r in rows]
     if rule == "largest_sigma":
-        return _greedy_on([s[:-1] for s in sigmas], caps, budget)
+        return greedy_steps([s[:-1] for s in sigmas], caps, budget)
     if rule == "sigma2_drop":
-        return _greedy_on([s[:-1] ** 2 - s[1:] ** 2 for s in sigmas], caps, budget)
+        return greedy_steps([s[:-1] ** 2 - s[1:] ** 2 for s in sigmas], caps, budget)
     if rule.startswith("sigma("):
         return allocate(sigmas, budget, "sigma", gamma=float(rule[6:-1]), caps=caps).steps
     return allocate(sigmas, budget, rule, caps=caps).steps

@@ -3,7 +3,7 @@
     SIFT_HOME=.sift-state .venv/bin/python scripts/screenshot_mlflow.py --out docs/mlflow-ui.png
 
 Starts `mlflow server` on the state folder's store as `sift-ttft ui` does, and walks the UI the way a
-person does in headless Chromium with a fresh profile (Debian's package: scripts/ensure-chromium.sh):
+person does in headless Chromium with a fresh profile (Debian's package: scripts/ensure-debian-package.sh):
 the root page, a click on the experiment (the training runs table), a click on the newest parent run,
 Artifacts, its bits-per-byte plot; then saves the page. `--runs-table` saves the runs table instead.
 """

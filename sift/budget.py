@@ -100,11 +100,13 @@ def predicted_weights(uncertainties: Sequence[Sequence[float]], gamma: float = D
     return weights
 
 
-def _greedy(weights: Sequence[float], caps: Sequence[int], budget: int) -> list[int]:
-    """Grant ``budget`` steps one at a time to the largest w_i / (s_i + 1), ties to the lower i,
-    never past ``caps``; stops early when every prompt is capped."""
+def greedy_steps(marginals: Sequence[Sequence[float]], caps: Sequence[int], budget: int) -> list[int]:
+    """Grant ``budget`` steps one at a time to the prompt whose next step has the largest predicted gain
+    ``marginals[i][s_i]`` (s_i: steps granted so far), ties to the lower i, never past ``caps[i]``; stops
+    early when every prompt is capped. With marginals that do not increase in s this maximises the
+    summed predicted gain (each prompt's gain is concave in its steps)."""
     steps = [0] * len(caps)
-    heap = [(-w, i) for i, (w, c) in enumerate(zip(weights, caps)) if c > 0]
+    heap = [(-float(m[0]), i) for i, (m, c) in enumerate(zip(marginals, caps)) if c > 0]
     heapq.heapify(heap)
     for _ in range(budget):
         if not heap:
@@ -112,7 +114,7 @@ def _greedy(weights: Sequence[float], caps: Sequence[int], budget: int) -> list[
         _, i = heapq.heappop(heap)
         steps[i] += 1
         if steps[i] < caps[i]:
-            heapq.heappush(heap, (-weights[i] / (steps[i] + 1), i))
+            heapq.heappush(heap, (-float(marginals[i][steps[i]]), i))
     return steps
 
 
@@ -165,7 +167,7 @@ def allocate(uncertainties: Sequence[Sequence[float]], budget: int, policy: str 
         steps = _alpha_steps(variances, caps, alpha)
     else:
         weights = predicted_weights(paths, gamma if policy == "sigma" else 0.0)
-        steps = _greedy(weights, caps, int(budget))
+        steps = greedy_steps([[w / t for t in range(1, c + 1)] for w, c in zip(weights, caps)], caps, int(budget))
     reasons = [NO_PICKS if c == 0 else ALL_PICKS if s >= c else (ALPHA if policy == "alpha" else BUDGET)
                for s, c in zip(steps, caps)]
     return Allocation(policy=policy, budget=int(budget), steps=steps, reasons=reasons, alpha=alpha,
@@ -173,4 +175,4 @@ def allocate(uncertainties: Sequence[Sequence[float]], budget: int, policy: str 
 
 
 __all__ = ["ALL_PICKS", "ALPHA", "Allocation", "BUDGET", "DEFAULT_GAMMA", "NO_PICKS", "POLICIES", "allocate",
-           "check_budget", "predicted_weights"]
+           "check_budget", "greedy_steps", "predicted_weights"]

@@ -2,7 +2,7 @@
 on a free port on 127.0.0.1, stopped and deleted afterwards (``postgres_server``, a session fixture in
 conftest.py).
 
-The binaries are Debian's ``postgresql`` package (``scripts/ensure-postgresql.sh`` installs it; ``make test``
+The binaries are Debian's ``postgresql`` package (``scripts/ensure-debian-package.sh`` installs it; ``make test``
 runs that first). PostgreSQL refuses to run as root: as root, the server runs as the ``postgres`` system
 user (``runuser``), which the package creates. Authentication is ``trust`` on loopback only.
 """
@@ -83,7 +83,7 @@ def start_postgres() -> PostgresServer:
     """initdb + start a server on a free loopback port; raises RuntimeError when PostgreSQL is missing."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
-        raise RuntimeError("PostgreSQL is not installed (no pg_ctl): run `bash scripts/ensure-postgresql.sh` "
+        raise RuntimeError("PostgreSQL is not installed (no pg_ctl): `apt-get install postgresql` "
                            "(Debian's postgresql package), as `make test` does")
     root = Path(tempfile.mkdtemp(prefix="sift-test-pg-"))
     as_user: list[str] = []

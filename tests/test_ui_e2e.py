@@ -7,7 +7,7 @@ description with the bits-per-byte and uncertainty curves, a Duration that is th
 parent's plot. Saves a screenshot of the runs table; with SIFT_UPDATE_SCREENSHOT=1 it replaces the
 README's docs/mlflow-ui.png (a normal test run leaves the checkout untouched).
 
-Needs Debian's chromium (scripts/test.sh installs it via scripts/ensure-chromium.sh).
+Needs Debian's chromium (scripts/test.sh installs it via scripts/ensure-debian-package.sh).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def walk_the_ui(page, url: str, screenshot: Path) -> None:
 @pytest.mark.timeout(300)
 def test_a_person_clicking_the_experiment_sees_the_training_runs(tmp_path):
     assert Path(CHROMIUM).exists() or shutil.which("chromium"), (
-        "Debian's chromium is missing: run `bash scripts/ensure-chromium.sh` (scripts/test.sh does)")
+        "Debian's chromium is missing: `apt-get install chromium` (scripts/test.sh does, via scripts/ensure-debian-package.sh)")
     from playwright.sync_api import sync_playwright
 
     log_evaluation(tmp_path)
