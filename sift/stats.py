@@ -210,15 +210,12 @@ GAMMA_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
 
 
 def split_halves(rows: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
-    """Two halves of the rows' indices, alternating within each domain in row order, so both halves
-    hold every domain about equally (a policy's parameter is chosen on one and reported on the other)."""
-    seen: dict[str, int] = {}
-    halves: tuple[list[int], list[int]] = ([], [])
-    for i, row in enumerate(rows):
-        domain = str(row.get("domain", ""))
-        halves[seen.get(domain, 0) % 2].append(i)
-        seen[domain] = seen.get(domain, 0) + 1
-    return halves
+    """Two halves of the rows' indices: rows taken domain by domain (domains in first-seen order, rows in
+    order within each), alternately to each half, so the halves differ by at most one row and split every
+    domain as evenly as it can be (a policy's parameter is chosen on one and reported on the other)."""
+    domains = list(dict.fromkeys(str(r.get("domain", "")) for r in rows))
+    order = sorted(range(len(rows)), key=lambda i: (domains.index(str(rows[i].get("domain", ""))), i))
+    return sorted(order[0::2]), sorted(order[1::2])
 
 
 def _policy_bpb(rows: Sequence[dict[str, Any]], budget: int, policy: str, gamma: float) -> tuple[list[float], int]:
@@ -248,7 +245,7 @@ def budget_frontier(results: Iterable[Any], per_prompt: Sequence[float], method:
     """
     from sift.budget import POLICIES
 
-    rows = _curved_rows(results, method)
+    rows = [r for r in _curved_rows(results, method) if r.get("budget_steps") is None]
     if len(rows) < 2 or not per_prompt:
         return {}
     halves = [[rows[i] for i in h] for h in split_halves(rows)]

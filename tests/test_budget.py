@@ -130,6 +130,25 @@ def test_the_frontier_reads_every_policy_off_the_curves_with_gamma_chosen_on_the
     assert all(g > 0 for g in frontier["gamma_chosen"])
 
 
+def test_halves_stay_balanced_when_domains_have_one_prompt_each():
+    from sift.stats import split_halves
+
+    rows = [{"domain": d} for d in ("a", "b", "c", "d", "a", "e")]
+    first, second = split_halves(rows)
+    assert sorted(first + second) == list(range(6)) and len(first) == len(second) == 3
+    assert {rows[i]["domain"] for i in first} & {rows[i]["domain"] for i in second} == {"a"}  # a is split
+
+
+def test_a_budgeted_runs_rows_give_no_frontier():
+    """Their curves end where the budget stopped them: reading other budgets off them would be wrong."""
+    from sift.stats import budget_frontier
+
+    rows = curved_rows(count=8)
+    for r in rows:
+        r["budget_steps"] = r["steps"]
+    assert budget_frontier(rows, [4]) == {}
+
+
 def test_the_summary_carries_the_frontier_only_where_rows_have_full_curves():
     from sift.stats import summarize
 
