@@ -22,6 +22,7 @@ Prefect release; the filter leaves Prefect's config, levels and API logging exac
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -182,6 +183,11 @@ def failure_line(exc: BaseException) -> str:
     its traceback is."""
     message = " / ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # the OS names no file: say what to do
+        from sift.env import state_dir
+
+        what += (f" — a disk is full: free space where the state folder ({state_dir(create=False)}) or --out "
+                 "lives, then rerun (finished work is reused)")
     where = ""
     if _failed_task:
         where = f"task {_failed_task}" + (f" in flow run '{_failed_flow_run}'" if _failed_flow_run else "") + " failed: "

@@ -111,3 +111,37 @@ def test_the_console_filter_hides_prefects_failure_reports_and_tracebacks_but_no
     assert quiet.filter(other) and formatter.format(other) == "message"  # shown, without its traceback
     assert other.exc_info is not None  # ... and the record keeps it for the log handlers after the console
     assert "Traceback" in logging.Formatter().format(other)
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A folder on a 64 KiB tmpfs that is already 60 KB full (skipped where mounting is not allowed)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs privileges this machine does not give")
+    try:
+        (folder / "filler").write_bytes(b"\0" * 60_000)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_a_disk_that_fills_during_index_embedding_ends_in_one_error_line(
+        tmp_path, full_disk, tiny_corpus_file, tiny_encoder_dir, tiny_lm_dir):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "embeddings").symlink_to(full_disk)  # the embedding shards go to the full disk
+    env = {k: v for k, v in os.environ.items() if k != "SIFT_DEBUG"}
+    env.update(SIFT_HOME=str(state), PREFECT_API_URL=prefect_api_url(), PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "flows.cli", "index", "--corpus", str(tiny_corpus_file), "--embedder",
+               str(tiny_encoder_dir), "--model", str(tiny_lm_dir), "--max-tokens", "8", "--shard-size", "2",
+               "--out", str(tmp_path / "index")]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    last = done.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("error: task embed_shard") and "No space left on device" in last and "a disk is full" in last
+    assert not (tmp_path / "index" / "manifest.json").exists()
