@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 DEBUG_ENV = "SIFT_DEBUG"  # "1": tracebacks on the terminal (what --debug sets, so child processes see it too)
+QUIET_ENV = "SIFT_QUIET_CONSOLE"  # "1": set by quiet_prefect_console for the processes a CLI run starts
 KEEP_LOGS = 50  # run log files kept in <state>/logs (the oldest go first)
 _PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 _PREFECT_ENGINES = ("task_engine", "flow_engine")  # the modules (prefect/*.py) that report a run's failure
@@ -115,6 +116,7 @@ def quiet_prefect_console() -> None:
     """
     import prefect  # noqa: F401 — its import configures logging; the handlers must exist before we wrap them
 
+    os.environ[QUIET_ENV] = "1"  # Dask workers started from here inherit it (quiet_console_if_asked)
     hide = not debug_requested()
     for handler in _console_handlers():
         if any(isinstance(f, _HideFailureDetails) for f in handler.filters):
@@ -122,6 +124,14 @@ def quiet_prefect_console() -> None:
         handler.addFilter(_HideFailureDetails(hide))
         if hide:
             handler.setFormatter(_NoTraceback(handler.formatter))
+
+
+def quiet_console_if_asked() -> None:
+    """In a process started by a CLI run (a LocalCluster Dask worker: it shares the terminal), filter the
+    console the same way; flows/tasks.py calls this on import, before any task runs there. Workers of a
+    remote cluster write to their own logs and are left as they are."""
+    if os.environ.get(QUIET_ENV) == "1":
+        quiet_prefect_console()
 
 
 class _RunLogHandler(logging.FileHandler):

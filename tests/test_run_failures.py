@@ -73,7 +73,7 @@ def test_a_model_failing_mid_fine_tuning_ends_in_one_error_line_with_the_traceba
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_debug_prints_the_traceback(tmp_path, tiny_index_dir, tiny_prompts_file, faulty_lm_dir):
-    done, _ = _run_faulty_evaluate(tmp_path, tiny_index_dir, tiny_prompts_file, faulty_lm_dir, "--debug")
+    done, _ = _run_faulty_evaluate(tmp_path, tiny_index_dir, tiny_prompts_file, faulty_lm_dir, "--debug", "--no-tracking")
     assert done.returncode == 1
     assert "Traceback" in done.stderr and 'faulty_cli.py", line' in done.stderr
     assert done.stderr.rstrip().splitlines()[-1].startswith("error: task finetune_evaluate")
