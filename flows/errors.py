@@ -116,6 +116,8 @@ def quiet_prefect_console() -> None:
     """
     import prefect  # noqa: F401 — its import configures logging; the handlers must exist before we wrap them
 
+    global _failed_task, _failed_flow_run
+    _failed_task = _failed_flow_run = None  # a new run: forget an earlier one's failure (in-process callers)
     os.environ[QUIET_ENV] = "1"  # Dask workers started from here inherit it (quiet_console_if_asked)
     hide = not debug_requested()
     for handler in _console_handlers():
