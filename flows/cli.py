@@ -43,6 +43,14 @@ USAGE_ERROR = 2  # what click uses for bad flags; a config that fails validation
 # preflight refuses (flows/preflight.py: a missing path, a broken file, not a model folder), is a bad flag too
 
 
+DEBUG_OPTION = inspect.Parameter(
+    "debug", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+    default=typer.Option(False, "--debug", help="On a failure, print the full traceback and Prefect's own error "
+                         "reports (also: SIFT_DEBUG=1). Without it a failure is one `error:` line naming the run "
+                         "log (<state>/logs) that holds the traceback."),
+)
+
+
 def _option_type(annotation: Any) -> tuple[Any, bool]:
     """Map a field's annotation to the type typer parses, and whether the flag is repeatable."""
     origin = typing.get_origin(annotation)
@@ -116,12 +124,18 @@ def config_command(
     The command validates the flags into a ``config_cls`` (one line and exit 2 when invalid), calls
     ``sift.env.set_default_env()`` (telemetry off, hub offline, state folder), then ``fn(config)``.
     An ``InputError`` from ``fn`` (its preflight refused an input) becomes one ``error:`` line and
-    exit 2; a ``ValueError``/``FileNotFoundError`` one ``error:`` line and exit 1.
+    exit 2. Any other exception is a failed run: one ``error:`` line (``flows.errors.failure_line``:
+    which task failed, the exception, where the run log with its traceback is) and exit 1; with
+    ``--debug`` (added to every command here, or ``SIFT_DEBUG=1``) the traceback is printed first.
     """
 
     def decorate(fn: Callable[[Any], None]) -> Callable[..., None]:
         @functools.wraps(fn)
         def command(**values: Any) -> None:
+            from flows import errors
+
+            if values.pop("debug", False):
+                errors.request_debug()
             config = parse_config(config_cls, values)
             from sift.env import set_default_env
 
@@ -131,11 +145,16 @@ def config_command(
             except InputError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(USAGE_ERROR) from None
-            except (ValueError, FileNotFoundError) as exc:
-                typer.echo(f"error: {exc}", err=True)
+            except (typer.Exit, typer.Abort):
+                raise
+            except Exception as exc:  # noqa: BLE001 — a failed run ends in one line, its traceback in the log
+                errors.record_failure(exc)
+                if errors.debug_requested():
+                    errors.print_traceback(exc)
+                typer.echo(f"error: {errors.failure_line(exc)}", err=True)
                 raise typer.Exit(1) from None
 
-        params = config_options(config_cls)
+        params = config_options(config_cls) + [DEBUG_OPTION]
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         del command.__wrapped__  # typer must read our signature, not fn's
@@ -145,13 +164,23 @@ def config_command(
     return decorate
 
 
-def _run_flow(flow_fn, config) -> Any:
-    """Run a flow with the task runner the config names (thread or Dask), on Prefect's temporary server
-    started safely when no PREFECT_API_URL is set (``flows.prefect_server``)."""
+def _start_flow_run(name: str) -> None:
+    """Before a flow runs from the CLI: Prefect's console without tracebacks (``flows.errors``), the run's
+    log file, and Prefect's temporary server started under its lock with a watchdog that stops it if this
+    process is killed (``flows.prefect_server``; nothing when PREFECT_API_URL is set)."""
+    from flows.errors import open_run_log, quiet_prefect_console
     from flows.prefect_server import start_temporary_server
+
+    quiet_prefect_console()
+    open_run_log(name)
+    start_temporary_server()
+
+
+def _run_flow(flow_fn, config) -> Any:
+    """Run a flow with the task runner the config names (thread or Dask), after ``_start_flow_run``."""
     from flows.runners import make_task_runner
 
-    start_temporary_server()
+    _start_flow_run(flow_fn.name)
     return flow_fn.with_options(task_runner=make_task_runner(config))(config=config)
 
 
@@ -194,6 +223,7 @@ def tune(config: TuneConfig) -> None:
     preflight_tune(config)  # method, storage, prompts, index, model, an existing study's definition
     from flows.tune import print_tune_summary, tune_cli
 
+    _start_flow_run("tune")
     print_tune_summary(tune_cli(config))
 
 

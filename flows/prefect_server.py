@@ -34,6 +34,8 @@ LOCK_NAME = "server-start.lock"
 # Runs in its own small interpreter (stdlib only). argv: parent pid, server pid, server start ticks, period.
 _WATCHDOG = r"""
 import os, signal, sys, time
+for name in ("SIGINT", "SIGHUP"):  # a Ctrl-C or hang-up of the shell is the CLI's to handle: only its end counts
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
 parent, server, start, period = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 def started(pid):
     try:
@@ -69,7 +71,7 @@ def watch_child(pid: int, period: float = WATCH_SECONDS) -> Optional[subprocess.
     if start is None:
         return None
     return subprocess.Popen([sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(pid), start, str(period)],
-                            stdin=subprocess.DEVNULL, close_fds=True)
+                            stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
 
 
 def _watched_server_class():

@@ -38,6 +38,10 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy  # noqa: E40
 from prefect.context import TaskRunContext  # noqa: E402
 from prefect.utilities.hashing import hash_objects  # noqa: E402
 
+from flows.errors import quiet_console_if_asked  # noqa: E402
+
+quiet_console_if_asked()  # a Dask worker of a CLI run: no tracebacks on the shared terminal (flows/errors.py)
+
 
 # --------------------------------------------------------------------------------------- state paths
 def results_dir() -> Path:

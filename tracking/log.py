@@ -35,6 +35,7 @@ import logging
 import math
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -323,7 +324,9 @@ class MlflowLogger:
             self._check_open()
             self.client.log_table(self.run_id, table, "trials.json")
 
-    def _finish(self, status: str, error: str | None = None) -> None:
+    def _finish(self, status: str, error: str | None = None, details: str | None = None) -> None:
+        """End the run (and open children) with ``status``; ``error`` (one line) becomes the ``error``
+        tag, ``details`` (the traceback) the ``error_traceback`` tag, its last 5000 characters."""
         from mlflow.entities import RunTag
 
         stop_system_metrics(self._monitor)  # first: its last samples belong to the RUNNING run
@@ -333,7 +336,10 @@ class MlflowLogger:
                 self.client.set_terminated(child_id, "FAILED")
             self._open_children.clear()
             if error:
-                self.client.log_batch(self.run_id, tags=[RunTag("error", error[:5000])])
+                tags = [RunTag("error", error[:5000])]
+                if details:
+                    tags.append(RunTag("error_traceback", details[-5000:]))
+                self.client.log_batch(self.run_id, tags=tags)
             self.client.set_terminated(self.run_id, status)
             self._closed = True
 
@@ -348,7 +354,7 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
 
     Before anything is created the tracking URI is checked (``check_reachable``), so an unreachable
     server fails in seconds with ``TrackingUnreachable``. On leaving the block the run ends FINISHED;
-    an exception marks it (and open child runs) FAILED with an ``error`` tag, Ctrl-C or SIGTERM
+    an exception marks it (and open child runs) FAILED with an ``error`` tag (and ``error_traceback``), Ctrl-C or SIGTERM
     (``sigterm_raises``, main thread only) marks it KILLED, and the exception or signal propagates.
     Every run gets ``owner_tags``; before creating the parent, orphaned runs of the experiment are
     marked FAILED (``reap_orphan_runs``; a failure to reap is logged, never fatal).
@@ -399,7 +405,7 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
             logger._finish("KILLED", f"RunTerminated: {err}")
             raise
         except BaseException as err:
-            logger._finish("FAILED", f"{type(err).__name__}: {err}")
+            logger._finish("FAILED", f"{type(err).__name__}: {err}", "".join(traceback.format_exception(err)))
             raise
         else:
             logger._finish("FINISHED")
