@@ -192,6 +192,8 @@ def test_dask_results_equal_sequential(fresh_state, tmp_path, monkeypatch, tiny_
 
     config = tiny_evaluate_config(tiny_index_dir, tiny_prompts_file, tiny_lm_dir, method=["nn", "sift"], limit=2)
     sequential = evaluate(config)["rows"]
+    budgeted = config.model_copy(update={"budget": 3})  # every selection first, then the split, on either runner
+    sequential_budgeted = evaluate(budgeted)["rows"]
 
     monkeypatch.setenv("SIFT_HOME", str(tmp_path / "dask-state"))  # nothing cached from the sequential runs
     monkeypatch.setenv("PREFECT_API_URL", prefect_api_url())  # workers report to the test server
@@ -204,5 +206,9 @@ def test_dask_results_equal_sequential(fresh_state, tmp_path, monkeypatch, tiny_
         assert np.array_equal(np.load(tmp_path / "index" / "embeddings.npy"),
                               np.load(tiny_index_dir / "embeddings.npy"))
         result = evaluate(config.model_copy(update={**dask, "index": tmp_path / "index"}))
+        dask_budgeted = evaluate(budgeted.model_copy(update={**dask, "index": tmp_path / "index"}))["rows"]
     assert result["stats"]["select:Completed"] == len(sequential)
     assert comparable(result["rows"]) == comparable(sequential)
+    assert comparable(dask_budgeted) == comparable(sequential_budgeted)
+    for method in ("nn", "sift"):
+        assert sum(r["steps"] for r in dask_budgeted if r["method"] == method) <= 3
