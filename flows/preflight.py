@@ -18,7 +18,6 @@ themselves are ``sift.inputs`` (pure; what each costs is written there).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -216,9 +215,9 @@ def preflight_tune(config: TuneConfig) -> None:
 
     if config.method != ["sift"]:
         raise InputError(f"--method: tune evaluates --method sift only (λ′ and α are SIFT's), got {config.method}")
-    from flows.study import STORAGE_ENV
+    from flows.study import STORAGE_ENV, configured_storage
 
-    explicit = config.storage or os.environ.get(STORAGE_ENV, "").strip() or None  # flows.study.storage_url
+    explicit = configured_storage(config.storage)
     flag = "--storage" if config.storage else STORAGE_ENV
     if explicit is not None:  # an unparseable URL first, before reading anything (writes nothing)
         from sqlalchemy.engine import make_url

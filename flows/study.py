@@ -72,10 +72,16 @@ def default_storage_url() -> str:
     return f"sqlite:///{optuna_dir() / 'optuna.db'}"
 
 
+def configured_storage(explicit: Optional[str] = None) -> Optional[str]:
+    """The Optuna storage the user named: ``explicit`` (``--storage``), else ``$SIFT_OPTUNA_STORAGE``, else
+    None (creates nothing: the preflight asks this before anything may be written)."""
+    return explicit or os.environ.get(STORAGE_ENV, "").strip() or None
+
+
 def storage_url(explicit: Optional[str] = None) -> str:
-    """The Optuna storage a command uses: ``explicit`` (``--storage``), else ``$SIFT_OPTUNA_STORAGE``,
-    else ``default_storage_url()``; as written (``open_storage`` maps the driver)."""
-    return explicit or os.environ.get(STORAGE_ENV, "").strip() or default_storage_url()
+    """The Optuna storage a command uses: ``configured_storage(explicit)``, else ``default_storage_url()``;
+    as written (``open_storage`` maps the driver)."""
+    return configured_storage(explicit) or default_storage_url()
 
 
 def study_dir(study_name: str) -> Path:

@@ -210,10 +210,9 @@ def print_tune_summary(summary: dict[str, Any]) -> None:
 
 
 def tune_cli(config: TuneConfig) -> dict[str, Any]:
-    """``sift-ttft tune`` after its preflight: run the flow with the configured task runner (the flow
-    checks its input again first, ``preflight_tune``)."""
-    from flows.prefect_server import start_temporary_server
+    """``sift-ttft tune`` after its preflight and ``flows.cli._start_flow_run`` (which started the temporary
+    Prefect server under its lock, with its watchdog): run the flow with the configured task runner (the
+    flow checks its input again first, ``preflight_tune``)."""
     from flows.runners import make_task_runner
 
-    start_temporary_server()  # under a lock (no migration race between workers), dies with this process
     return tune.with_options(task_runner=make_task_runner(config))(config=config)
