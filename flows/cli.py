@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal, Optional
 import typer
 from pydantic import BaseModel, ValidationError
 
-from flows.config import DemoConfig, EvaluateConfig, IndexConfig, TuneConfig
+from flows.config import DataSizeConfig, DemoConfig, EvaluateConfig, IndexConfig, TuneConfig
 from sift.inputs import InputError
 
 app = typer.Typer(
@@ -225,6 +225,18 @@ def tune(config: TuneConfig) -> None:
 
     _start_flow_run("tune")
     print_tune_summary(tune_cli(config))
+
+
+@config_command(app, "data-size", DataSizeConfig, help="Does SIFT's lead over NN grow with the data space? Evaluate on "
+                "nested data spaces of growing size; table, plot (log x) and one MLflow run per size.")
+def data_size(config: DataSizeConfig) -> None:
+    from flows.preflight import preflight_data_size
+
+    preflight_data_size(config)  # model, embedder, your --corpus and --prompts: before Prefect starts
+    from flows.data_size import data_size as data_size_flow
+    from flows.data_size import print_data_size
+
+    print_data_size(_run_flow(data_size_flow, config))
 
 
 @app.command("ui")

@@ -83,6 +83,10 @@ class EvaluateConfig(RunnerConfig, TTFTConfig, BudgetSettings):
     limit: Optional[int] = Field(
         None, ge=1, description="Evaluate only LIMIT prompts, taken in file order round-robin across domains."
     )
+    skip: int = Field(
+        0, ge=0, description="Leave out the first SKIP prompts of that round-robin order (before --limit): a tuning "
+                             "study with --skip 48 never sees the prompts an evaluation with --limit 48 reports on."
+    )
     alphas: list[float] = Field(
         default_factory=lambda: [0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0],
         description="α values of the adaptive-stopping sweep, recomputed from the stored uncertainties and "
@@ -211,3 +215,83 @@ class TuneConfig(EvaluateConfig):
         if self.alpha_min >= self.alpha_max:
             raise ValueError(f"empty α range: alpha_min={self.alpha_min} must be < alpha_max={self.alpha_max}")
         return self
+
+
+class DataSizeConfig(EvaluateConfig):
+    """The data-size experiment (``sift-ttft data-size``): does SIFT's lead over NN grow with the data space?
+
+    The evaluate flow on nested data spaces of growing size (assembled like ``sift-ttft corpus
+    --sequences S``, or your own ``--corpus`` files), the same held-out prompts on every one; per size
+    each method's mean bits per byte and its paired comparison with ``--reference``, in a table and a
+    plot against the size (log x). Every other flag is the evaluate flow's and means the same here.
+    """
+
+    sizes: list[int] = Field(
+        default_factory=lambda: [8192, 32768, 131072],
+        description="Data-space sizes in sequences, assembled offline like `sift-ttft corpus --sequences` "
+                    "(nested: a smaller space is a subset of a larger one, one prompt set for all) (repeatable).",
+    )
+    corpus: list[Path] = Field(
+        default_factory=list,
+        description="Your own data spaces instead of --sizes: one corpus (JSONL/parquet/folder) per size, all "
+                    "evaluated on --prompts (repeatable; nested spaces answer the paper's question).",
+    )
+    sources: Literal["demo", "all"] = Field("all", description="Source preset of assembled spaces (`sift-ttft corpus --sources`).")
+    corpus_seed: int = Field(0, description="Seed of assembled spaces: prompt choice and document sampling (`sift-ttft corpus --seed`).")
+    embedder: Optional[str] = Field(None, description="HF encoder name or path; default: all-MiniLM-L6-v2 (bundled).")
+    index_type: str = Field("auto", description="flat | ivf | hnsw | auto | any faiss factory string.")
+    lam: list[float] = Field(  # a list here: one SIFT comparison per λ′ and size
+        default_factory=lambda: [0.1],
+        description="SIFT's λ′ values (repeatable): each is one evaluate run per size (the first with every --method, "
+                    "the others with sift and --reference). --params adds the λ′ of a tuning study's best.json.",
+    )
+    method: list[str] = Field(
+        default_factory=lambda: ["base", "nn", "nn-f", "sift"],
+        description="Selection methods to compare, names of sift.METHODS: {methods} (repeatable).",
+    )
+    max_tokens: int = Field(128, ge=8, description="Tokens per sequence of the assembled spaces, per training "
+                                                   "sequence and per evaluated prompt.")
+    limit: Optional[int] = Field(48, ge=1, description="Prompts to evaluate on every size (round-robin across domains).")
+    experiment: str = Field("data-size", description="MLflow experiment name.")
+    out: Optional[Path] = Field(None, description="Write the table (per size and λ′: mean bits per byte per method, "
+                                                  "each paired comparison with --reference) as JSON here.")
+
+    @field_validator("sizes")
+    @classmethod
+    def _positive_sizes(cls, value: list[int]) -> list[int]:
+        if not value or any(s < 1 for s in value):
+            raise ValueError(f"give one or more sizes ≥ 1, got {value}")
+        return sorted(set(value))
+
+    @field_validator("lam")
+    @classmethod
+    def _positive_lams(cls, value: list[float]) -> list[float]:
+        if not value or any(not v > 0 for v in value):
+            raise ValueError(f"every λ′ must be > 0, got {value}")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _apply_params_file(self) -> "DataSizeConfig":
+        """``params`` (tuning's best.json) adds its λ′ to ``lam`` (α and γ: as in evaluate)."""
+        if self.params is None:
+            return self
+        lams = list(self.lam)
+        probe = EvaluateConfig(params=self.params)  # one reader of params files: evaluate's
+        self.lam = list(dict.fromkeys(lams + [probe.lam]))
+        self.alpha = probe.alpha if probe.alpha is not None else self.alpha
+        self.gamma = probe.gamma
+        return self
+
+    @model_validator(mode="after")
+    def _own_indices(self) -> "DataSizeConfig":
+        if self.index is not None:
+            raise ValueError("--index: the data-size flow builds one index per data space; give --corpus or --sizes")
+        if self.corpus and self.prompts is None:
+            raise ValueError("--corpus needs --prompts: the held-out prompts every data space is evaluated on")
+        return self
+
+    def evaluate_config(self, lam: float, index: Path, prompts: Path, method: list[str]) -> EvaluateConfig:
+        """The evaluate flow's config for one data space and λ′ (every shared flag passed through)."""
+        shared = set(EvaluateConfig.model_fields) - {"lam", "params", "index", "prompts", "method", "out", "alpha", "gamma"}
+        return EvaluateConfig(**self.model_dump(include=shared), lam=lam, index=index, prompts=prompts, method=method,
+                              alpha=self.alpha, gamma=self.gamma)

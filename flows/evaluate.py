@@ -98,7 +98,7 @@ def run_evaluation(
     """Evaluate every (prompt, method) of ``config`` inside the running flow; return the rows
     (``PromptResult.to_json()`` dicts) in prompt order, methods in ``config.method`` order.
 
-    ``prompts``: default ``limit_prompts(load_prompts(config), config.limit)``. ``on_result(row)``
+    ``prompts``: default ``limit_prompts(load_prompts(config), config.limit, config.skip)``. ``on_result(row)``
     is called after each row, in that order; if it raises, nothing further is collected and the
     exception propagates (Optuna pruning). ``stats`` (optional) counts task states
     (``select:Cached``, ``finetune_evaluate:Completed``, ...).
@@ -117,7 +117,7 @@ def run_evaluation(
     ctx = FlowRunContext.get()
     if ctx is None:
         raise RuntimeError("run_evaluation must be called inside a running Prefect flow")
-    prompts = prompts if prompts is not None else limit_prompts(load_prompts(config), config.limit)
+    prompts = prompts if prompts is not None else limit_prompts(load_prompts(config), config.limit, config.skip)
     stats = stats if stats is not None else EvaluationStats()
     if not current_runner_matches(config):
         rows, sub_stats = _evaluate_subflow.with_options(task_runner=make_task_runner(config))(config, prompts)
@@ -244,22 +244,30 @@ def evaluate(config: EvaluateConfig = EvaluateConfig()) -> dict:
     return evaluate_in_flow(config)
 
 
-def evaluate_in_flow(config: EvaluateConfig) -> dict:
-    """The ``evaluate`` flow's body, callable from another flow (``demo``) without a subflow."""
+DATA_SPACE_TAG = "data_space.sequences"  # every evaluate run: the size of the data space it selected from
+
+
+def evaluate_in_flow(config: EvaluateConfig, *, parent_run_id: Optional[str] = None,
+                     tags: Optional[dict[str, str]] = None) -> dict:
+    """The ``evaluate`` flow's body, callable from another flow (``demo``, ``data-size``) without a subflow.
+    ``parent_run_id``/``tags``: nest the MLflow run under the caller's run, with the caller's tags. Every
+    run is tagged ``data_space.sequences`` with the size of its data space (index sequences × --duplicate)."""
     from flows.trace import flow_run_tags, link_flow_run_to_mlflow
     from tracking.inputs import evaluation_inputs
     from tracking.log import tracking_run
 
     inputs = preflight_evaluate(config)  # first: a deployment or the demo does not pass through the CLI
-    prompts = limit_prompts(inputs.prompts, config.limit)
+    prompts = limit_prompts(inputs.prompts, config.limit, config.skip)
     index_dir, manifest = inputs.index_dir, inputs.manifest
     stats = EvaluationStats()
     params = {"index_fingerprint": manifest["fingerprint"], "embedder_id": manifest.get("embedder_id"),
+              "data_space_sequences": int(manifest["count"]) * config.duplicate,  # --duplicate stores each d times
               "index_path": str(index_dir), "prompts_count": len(prompts),
               "model_fingerprint": model_fingerprint_of(config.model)}
     with tracking_run(config, experiment=config.experiment, run_name="evaluate", enabled=config.tracking,
                       params=params, datasets=evaluation_inputs(manifest, index_dir, prompts, config.prompts),
-                      tags=flow_run_tags()) as tracker:
+                      tags={DATA_SPACE_TAG: str(params["data_space_sequences"]), **flow_run_tags(), **(tags or {})},
+                      parent_run_id=parent_run_id) as tracker:
         trace = link_flow_run_to_mlflow(tracker) or {}  # the flow run's link artifact to this MLflow run
         rows = run_evaluation(config, prompts, tracker.log_result, stats=stats)
         summary = summarize_task(rows, tracker, config)

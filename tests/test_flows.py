@@ -164,6 +164,19 @@ def test_limit_takes_prompts_round_robin_across_domains():
     assert limit_prompts(prompts, None) == prompts
 
 
+def test_skip_leaves_out_exactly_the_prompts_a_limit_takes():
+    from flows.evaluate import limit_prompts
+
+    prompts = [{"id": f"{d}{i}", "domain": d} for d in "abc" for i in range(5)]
+    for limit in (1, 3, 4, 7):
+        evaluated = {p["id"] for p in limit_prompts(prompts, limit)}
+        rest = limit_prompts(prompts, None, skip=limit)
+        assert evaluated.isdisjoint(p["id"] for p in rest) and len(evaluated) + len(rest) == len(prompts)
+    # skip then limit: the next prompts of the same round-robin order, one more per domain
+    assert [p["id"] for p in limit_prompts(prompts, 3, skip=3)] == ["a1", "b1", "c1"]
+    assert limit_prompts(prompts, 4, skip=0) == limit_prompts(prompts, 4)
+
+
 # -------------------------------------------------------------------------------------------- Dask
 
 

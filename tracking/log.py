@@ -118,6 +118,9 @@ class NullLogger:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Record nothing."""
 
+    def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
+        """Record nothing."""
+
 
 class MlflowLogger:
     """Writes one flow run into MLflow through ``MlflowClient`` (explicit run ids, no fluent global
@@ -278,6 +281,12 @@ class MlflowLogger:
             self._check_open()
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
+        """Write a JSON-able dict as an artifact file of the parent run (e.g. a table of results)."""
+        with self._lock:
+            self._check_open()
+            self.client.log_dict(self.run_id, dict(dictionary), artifact_file)
+
     def log_summary(self, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Record a run's summary (``sift.stats.summarize(rows)`` when none is given) on the parent run.
 
@@ -348,7 +357,7 @@ class MlflowLogger:
 def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name: str | None = None,
                  enabled: bool = True, tracking_uri: str | None = None, params: Mapping[str, Any] | None = None,
                  tags: Mapping[str, str] | None = None, datasets: Sequence[DataInput] | None = None,
-                 system_metrics: bool = True,
+                 system_metrics: bool = True, parent_run_id: str | None = None,
                  reachability_timeout: float = 5.0) -> Iterator[MlflowLogger | NullLogger]:
     """One parent MLflow run around a flow run; yields its logger (``NullLogger`` when ``enabled`` is false).
 
@@ -365,13 +374,14 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
     ``evaluation_inputs(manifest, index_dir, prompts)``), logged as MLflow dataset inputs whose digest
     is their fingerprint. ``system_metrics``: sample CPU/memory/disk/network into ``system/*`` metrics
     while the run is open, where psutil is installed (``tracking.system_metrics``); the sampler stops
-    before the run ends, whichever way it ends.
+    before the run ends, whichever way it ends. ``parent_run_id``: nest this run under another run of the
+    same experiment (the data-size flow's run holds one evaluate run per data space).
     """
     if not enabled:
         yield NullLogger()
         return
     from mlflow import MlflowClient
-    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_USER
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_SOURCE_NAME, MLFLOW_USER
 
     uri = check_reachable(tracking_uri or default_tracking_uri(), timeout=reachability_timeout)
     experiment_id = get_or_create_experiment(experiment, uri)
@@ -386,6 +396,8 @@ def tracking_run(config: Any = None, *, experiment: str = "sift-ttft", run_name:
     all_params = run_params(config, params)
     run_tags = {MLFLOW_SOURCE_NAME: "sift-ttft", MLFLOW_USER: user_name(), **owner_tags(),
                 **{k: str(v) for k, v in (tags or {}).items()}}
+    if parent_run_id is not None:
+        run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     if "git_commit" in all_params:
         run_tags[MLFLOW_GIT_COMMIT] = all_params["git_commit"]
     with sigterm_raises():

@@ -313,3 +313,39 @@ def plot_landscape(params: Sequence[dict[str, Any]], values: Sequence[float], x:
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
+
+
+def plot_gap_vs_size(table: Sequence[dict[str, Any]]) -> Figure:
+    """Each method's paired difference to the reference (bits per byte after, method − reference) against
+    the data-space size in sequences (log x): mean and 95 % bootstrap interval per size, one line per
+    method label (the data-size flow's table: entries with ``size``, ``label``, ``method``, ``gap``,
+    ``ci_low``, ``ci_high``). Below 0: better than the reference; the paper expects SIFT's line to fall
+    as the space grows."""
+    entries = [e for e in table if e.get("gap") is not None]
+    if not entries:
+        raise ValueError("the table has no paired comparisons (is the reference among the methods?)")
+    labels = list(dict.fromkeys(e["label"] for e in entries))
+    sizes = sorted({int(e["size"]) for e in entries})
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    spread = 1.04  # labels side by side at each size, so their intervals do not hide each other
+    for i, label in enumerate(labels):
+        mine = sorted((e for e in entries if e["label"] == label), key=lambda e: e["size"])
+        shift = spread ** (i - (len(labels) - 1) / 2)
+        x = [e["size"] * shift for e in mine]
+        y = [e["gap"] for e in mine]
+        lo = [e["gap"] - e["ci_low"] for e in mine]
+        hi = [e["ci_high"] - e["gap"] for e in mine]
+        same_method = sum(1 for e in entries if e["method"] == mine[0]["method"] and e["size"] == mine[0]["size"])
+        color = method_color(mine[0]["method"], i) if same_method == 1 else f"C{i}"  # several λ′: a colour each
+        ax.errorbar(x, y, yerr=[lo, hi], fmt="o-", color=color, capsize=4, lw=1.6, label=f"{label} − {mine[0]['reference']}")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("data-space size (sequences, log scale)")
+    ax.set_ylabel("bits per byte after: method − reference")
+    ax.set_title("the gap to the reference against the data-space size (paired, 95 % intervals)", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
