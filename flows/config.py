@@ -243,7 +243,7 @@ class DataSizeConfig(EvaluateConfig):
     lam: list[float] = Field(  # a list here: one SIFT comparison per λ′ and size
         default_factory=lambda: [0.1],
         description="SIFT's λ′ values (repeatable): each is one evaluate run per size (the first with every --method, "
-                    "the others with sift and --reference). --params adds the λ′ of a tuning study's best.json.",
+                    "the others with sift and --reference). --params adds the λ′ (only) of a tuning study's best.json.",
     )
     method: list[str] = Field(
         default_factory=lambda: ["base", "nn", "nn-f", "sift"],
@@ -272,14 +272,12 @@ class DataSizeConfig(EvaluateConfig):
 
     @model_validator(mode="after")
     def _apply_params_file(self) -> "DataSizeConfig":
-        """``params`` (tuning's best.json) adds its λ′ to ``lam`` (α and γ: as in evaluate)."""
+        """``params`` (tuning's best.json) adds its λ′ to ``lam``. Only λ′: a study's α or γ would change
+        every method's runs (and the reference's), not one more SIFT comparison; pass --alpha for that."""
         if self.params is None:
             return self
-        lams = list(self.lam)
-        probe = EvaluateConfig(params=self.params)  # one reader of params files: evaluate's
-        self.lam = list(dict.fromkeys(lams + [probe.lam]))
-        self.alpha = probe.alpha if probe.alpha is not None else self.alpha
-        self.gamma = probe.gamma
+        tuned = EvaluateConfig(params=self.params).lam  # one reader of params files: evaluate's
+        self.lam = list(dict.fromkeys([*self.lam, tuned]))
         return self
 
     @model_validator(mode="after")
@@ -292,6 +290,5 @@ class DataSizeConfig(EvaluateConfig):
 
     def evaluate_config(self, lam: float, index: Path, prompts: Path, method: list[str]) -> EvaluateConfig:
         """The evaluate flow's config for one data space and λ′ (every shared flag passed through)."""
-        shared = set(EvaluateConfig.model_fields) - {"lam", "params", "index", "prompts", "method", "out", "alpha", "gamma"}
-        return EvaluateConfig(**self.model_dump(include=shared), lam=lam, index=index, prompts=prompts, method=method,
-                              alpha=self.alpha, gamma=self.gamma)
+        shared = set(EvaluateConfig.model_fields) - {"lam", "params", "index", "prompts", "method", "out"}
+        return EvaluateConfig(**self.model_dump(include=shared), lam=lam, index=index, prompts=prompts, method=method)

@@ -118,3 +118,15 @@ def test_cli_data_size_refuses_bad_inputs_in_one_line(fresh_state, tmp_path, tin
     assert missing.exit_code == 2 and "nope.jsonl" in missing.output
     bad_lam = runner.invoke(app, ["data-size", "--lam", "0", "--no-tracking"])
     assert bad_lam.exit_code == 2 and "λ′" in bad_lam.output
+
+
+def test_params_file_adds_the_tuned_lam_only(tmp_path):
+    from flows.config import DataSizeConfig
+
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"lam": 0.42, "alpha": 3.0, "gamma": 2.0}))
+    config = DataSizeConfig(params=best)
+    assert config.lam == [0.1, 0.42] and config.alpha is None  # α would change every method's runs
+    run = config.evaluate_config(0.42, tmp_path, tmp_path / "p.jsonl", ["nn", "sift"])
+    assert (run.lam, run.alpha, run.method, run.limit, run.max_tokens) == (0.42, None, ["nn", "sift"], 48, 128)
+    assert DataSizeConfig(params=best, lam=[0.42]).lam == [0.42]  # no repeat
