@@ -16,6 +16,8 @@
    large corpus, embedded with the same MiniLM (real). Measured per n: build seconds, the index file's size
    on disk (``faiss.write_index``) and of ``embeddings.npy``, the median single-prompt search time at
    K = 200 and 1,000, recall@K of the IVF index against flat at K = 200 and 1,000.
+4. ``search-real`` (``--index`` of the whole corpus): stage 3 at n = every sequence of the corpus, all
+   real embeddings, no synthetic vectors.
 
 The machine is shared (a fine-tuning run and other sessions): the load average is recorded beside every
 figure; compare runners within one run only.
@@ -247,9 +249,11 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=256)
     parser.add_argument("--sizes", type=int, nargs="*", default=[131072, 262144])
     parser.add_argument("--runners", nargs="*", default=["thread", "dask"])
-    parser.add_argument("--redo", nargs="*", default=[], choices=["subset", "embed", "search"])
-    parser.add_argument("--stages", nargs="*", default=["embed", "search"], choices=["embed", "search"],
+    parser.add_argument("--redo", nargs="*", default=[], choices=["subset", "embed", "search", "search-real"])
+    parser.add_argument("--stages", nargs="*", default=["embed", "search"], choices=["embed", "search", "search-real"],
                         help="stages to run after the subset")
+    parser.add_argument("--index", type=Path, help="search-real: an index of the whole large corpus built by "
+                        "`sift-ttft index` (its embeddings.npy: every vector real)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     result = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
@@ -271,6 +275,11 @@ def main() -> None:
         print(runner, json.dumps(result["embedding"][runner]), flush=True)
     if "search" in args.stages and ("search" in args.redo or "search" not in result):
         result["search"] = search_bench(args.work / "index-thread", args.corpus / "prompts.jsonl", args.sizes)
+        write_json(RESULT, result)
+    if "search-real" in args.stages and ("search-real" in args.redo or "search_real" not in result):
+        if args.index is None:
+            parser.error("--stages search-real needs --index (the whole corpus's index)")
+        result["search_real"] = search_bench(args.index, args.corpus / "prompts.jsonl", [])
         write_json(RESULT, result)
 
 
