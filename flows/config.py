@@ -254,7 +254,7 @@ class DataSizeConfig(EvaluateConfig):
     limit: Optional[int] = Field(48, ge=1, description="Prompts to evaluate on every size (round-robin across domains).")
     experiment: str = Field("data-size", description="MLflow experiment name.")
     out: Optional[Path] = Field(None, description="Write the table (per size and λ′: mean bits per byte per method, "
-                                                  "each paired comparison with --reference) as JSON here.")
+                                                  "each paired comparison with --reference) as JSON here, and the plot beside it (.png).")
 
     @field_validator("sizes")
     @classmethod

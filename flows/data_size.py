@@ -87,7 +87,8 @@ def size_entries(summary: dict, size: int, lam: float, lams: list[float], label:
 def data_size(config: DataSizeConfig = DataSizeConfig()) -> dict[str, Any]:
     """Run the experiment; return ``{"table", "runs", "mlflow_run_id", "seconds"}`` (``table``: the
     entries of ``size_entries`` for every size and λ′; ``runs``: per evaluate run its size, λ′, MLflow
-    run id and task states). Writes the table to ``config.out`` (JSON) when set."""
+    run id and task states). Writes the table to ``config.out`` (JSON) and the plot beside it (``.png``)
+    when set."""
     from flows.runners import current_runner_matches, make_task_runner
     from flows.trace import flow_run_tags, link_flow_run_to_mlflow
     from sift.atomic import write_json
@@ -129,8 +130,11 @@ def data_size(config: DataSizeConfig = DataSizeConfig()) -> dict[str, Any]:
                              "stats": result["stats"], "index": index["path"]})
         tracker.log_metrics({f"data_size/{e['label']}/{e['size']}/{key}": e[key] for e in table
                              for key in ("gap", "ci_low", "ci_high", "bpb_after") if e.get(key) is not None})
-        if table:
-            tracker.log_figure(plot_gap_vs_size(table), "plots/data_size_gap.png")
+        if any(e.get("gap") is not None for e in table):
+            figure = plot_gap_vs_size(table)
+            if config.out is not None:  # beside the table, for a README or a report
+                figure.savefig(Path(config.out).expanduser().with_suffix(".png"), dpi=110)
+            tracker.log_figure(figure, "plots/data_size_gap.png")  # closes the figure
         result = {"table": table, "runs": runs, "mlflow_run_id": tracker.run_id,
                   "mlflow_run_url": trace.get("mlflow_run_url"), "seconds": time.perf_counter() - started}
         tracker.log_dict(result, "data_size.json")

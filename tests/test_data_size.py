@@ -48,7 +48,7 @@ def test_data_size_flow_evaluates_every_space_and_lam_and_records_them(
         for e in first["table"]:
             if e["size"] == size and e["method"] != "nn":
                 assert e["reference"] == "nn" and e["n"] == 4 and e["ci_low"] <= e["gap"] <= e["ci_high"]
-    assert json.loads(out.read_text())["table"] == first["table"]
+    assert json.loads(out.read_text())["table"] == first["table"] and out.with_suffix(".png").stat().st_size > 10_000
 
     # The second λ′ of a size reuses the first's NN fine-tunings (same texts): only SIFT's can be new.
     second_lam = [r for r in first["runs"] if r["lam"] == 5.0]
