@@ -265,22 +265,22 @@ def main() -> None:
     subset_path = args.work / f"subset-{args.subset}.jsonl"
     if "subset" in args.redo or result.get("subset", {}).get("sequences") != args.subset or not subset_path.is_file():
         result["subset"] = make_subset(args.corpus, subset_path, args.subset)
-        write_json(RESULT, result)
+        write_json(RESULT, result, indent=2)
     print("subset:", json.dumps(result["subset"]), flush=True)
     result.setdefault("embedding", {})
     for runner in args.runners if "embed" in args.stages else []:
         if "embed" in args.redo or runner not in result["embedding"]:
             result["embedding"][runner] = embed_run(subset_path, args.work, runner, args.shard_size)
-            write_json(RESULT, result)
+            write_json(RESULT, result, indent=2)
         print(runner, json.dumps(result["embedding"][runner]), flush=True)
     if "search" in args.stages and ("search" in args.redo or "search" not in result):
         result["search"] = search_bench(args.work / "index-thread", args.corpus / "prompts.jsonl", args.sizes)
-        write_json(RESULT, result)
+        write_json(RESULT, result, indent=2)
     if "search-real" in args.stages and ("search-real" in args.redo or "search_real" not in result):
         if args.index is None:
             parser.error("--stages search-real needs --index (the whole corpus's index)")
         result["search_real"] = search_bench(args.index, args.corpus / "prompts.jsonl", [])
-        write_json(RESULT, result)
+        write_json(RESULT, result, indent=2)
 
 
 if __name__ == "__main__":
