@@ -96,7 +96,9 @@ def test_plot_gap_vs_size_draws_one_line_per_comparison():
               "ci_low": g - 0.01, "ci_high": g + 0.01}
              for s, g0 in ((8192, 0.0), (32768, -0.01), (131072, -0.02))
              for label, g in (("sift λ′=0.1", g0), ("sift λ′=1", g0 / 2), ("nn-f", 0.001))]
-    table += [{"size": 8192, "label": "nn", "method": "nn", "bpb_after": 1.0}]  # the reference: no gap, not drawn
+    table += [{"size": 8192, "label": "nn", "method": "nn", "bpb_after": 1.0},  # the reference: no gap, not drawn
+              {"size": 8192, "label": "base", "method": "base", "reference": "nn", "gap": 0.3, "ci_low": 0.2,
+               "ci_high": 0.4}]  # the untrained model: left out by default
     fig = plot_gap_vs_size(table)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and len(ax.get_legend().get_texts()) == 3
