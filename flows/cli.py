@@ -228,7 +228,7 @@ def tune(config: TuneConfig) -> None:
 
 
 @config_command(app, "data-size", DataSizeConfig, help="Does SIFT's lead over NN grow with the data space? Evaluate on "
-                "nested data spaces of growing size; table, plot (log x) and one MLflow run per size.")
+                "nested data spaces of growing size; table, plot (log x), an MLflow evaluate run per size and λ′.")
 def data_size(config: DataSizeConfig) -> None:
     from flows.preflight import preflight_data_size
 
